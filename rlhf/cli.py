@@ -1,0 +1,314 @@
+"""`rlhf ...`: the command line. Thin: parse, call the library, print.
+
+Heavy imports (torch, transformers, datasets) happen inside the commands so `rlhf --help` is
+instant. A `WorkbenchError` becomes one message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from rlhf.errors import WorkbenchError
+
+app = typer.Typer(
+    help="RLHF Workbench: preferences -> reward model -> PPO, with the store in the data home (RLHF_HOME).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Prepare and list models.", no_args_is_help=True)
+prompts_app = typer.Typer(help="Import prompts.", no_args_is_help=True)
+annotators_app = typer.Typer(help="Manage annotators and their login tokens.", no_args_is_help=True)
+preferences_app = typer.Typer(help="Import existing preference data.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(prompts_app, name="prompts")
+app.add_typer(annotators_app, name="annotators")
+app.add_typer(preferences_app, name="preferences")
+
+out = Console()
+err = Console(stderr=True)
+
+DEMO_PROMPTS = Path(__file__).parent / "data" / "demo_prompts.jsonl"
+
+
+def _store() -> Any:
+    from rlhf.store import Store
+
+    store = Store()
+    store.require_ready()
+    return store
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    return t
+
+
+# -- set-up ----------------------------------------------------------------------------------
+
+
+@app.command()
+def init() -> None:
+    """Create the data home and the store (or upgrade its schema). Safe to re-run."""
+    from rlhf.home import ensure_home
+    from rlhf.store import Store
+
+    home = ensure_home()
+    store = Store()
+    version = store.init()
+    out.print(f"data home: {home}\nstore:     {store.display_url} (schema v{version})")
+
+
+@app.command()
+def status() -> None:
+    """Counts of prompts, completions, comparisons and labels, per state."""
+    store = _store()
+    counts = store.counts()
+    out.print(_table(f"store {store.display_url}", ["what", "count"], [[k, v] for k, v in counts.items()]))
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registry models and every model folder in the data home."""
+    from rlhf.models import list_models
+
+    rows = [[m.name, "yes" if m.prepared else "no", f"{m.size_mb:.0f} MB", m.source] for m in list_models()]
+    out.print(_table("models", ["name", "prepared", "size", "source"], rows))
+
+
+@models_app.command("prepare")
+def models_prepare(
+    name: str = typer.Argument("default", help="Registry name, local folder or hub id."),
+    force: bool = typer.Option(False, "--force", help="Rebuild a registry model even if prepared."),
+) -> None:
+    """Make a model ready to load (converts the embedded GGUF once; downloads hub ids)."""
+    from rlhf.models import REGISTRY, canonical_name, prepare_registry_model, resolve_model
+
+    start = time.perf_counter()
+    if canonical_name(name) in REGISTRY:
+        path = prepare_registry_model(name, force=force)
+    else:
+        path = resolve_model(name)
+    out.print(f"{name}: ready at {path} ({time.perf_counter() - start:.1f} s)")
+
+
+# -- prompts, candidates, annotators, preferences --------------------------------------------
+
+
+def _print_import(kind: str, r: Any) -> None:
+    verb = "would add" if r.dry_run else "added"
+    out.print(f"{kind}: read {r.read}, {verb} {r.added}, already present {r.already_present}")
+
+
+@prompts_app.command("import")
+def prompts_import(
+    path: Path = typer.Argument(..., help="JSONL, JSON, CSV, or a `datasets` save_to_disk folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate only; store nothing."),
+    source: str | None = typer.Option(None, help="Provenance recorded on each prompt (default: file name)."),
+) -> None:
+    """Import prompts (all or nothing: a bad row imports nothing and names file, line and field)."""
+    from rlhf.io import import_prompts
+
+    _print_import("prompts", import_prompts(_store(), path, dry_run=dry_run, source=source))
+
+
+@preferences_app.command("import")
+def preferences_import(
+    path: Path = typer.Argument(..., help="TRL prompt/chosen/rejected or Anthropic HH chosen/rejected file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate only; store nothing."),
+) -> None:
+    """Import preference pairs as completed comparisons labelled by the `imported` annotator."""
+    from rlhf.io import import_preferences
+
+    _print_import("preference pairs", import_preferences(_store(), path, dry_run=dry_run))
+
+
+@app.command()
+def generate(
+    model: str = typer.Option("default", help="Policy: registry name, local folder or hub id."),
+    limit: int | None = typer.Option(None, help="At most this many prompts (default: all without candidates)."),
+    category: str | None = typer.Option(None, help="Only prompts of this category."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding (needs --num-candidates 1)."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature."),
+    top_k: int = typer.Option(50, help="Top-k sampling (0 disables)."),
+    top_p: float = typer.Option(0.95, help="Nucleus sampling mass (1 disables)."),
+    max_new_tokens: int = typer.Option(128, help="Longest response in tokens."),
+    num_candidates: int = typer.Option(2, "--num-candidates", "-k", help="Responses per prompt."),
+    seed: int = typer.Option(0, help="Seed (same prompts, batch size and seed reproduce the samples)."),
+    batch_size: int = typer.Option(8, help="Prompts per batch."),
+    overlap: int | None = typer.Option(None, help="Labels each new comparison needs (default: store setting)."),
+    round: int = typer.Option(0, help="Labeling round recorded on the comparisons."),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+) -> None:
+    """Generate K candidate responses per prompt and store the pairs as comparisons (resumable)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from rlhf.generate import GenerationSettings, generate_candidates
+
+    settings = GenerationSettings(
+        do_sample=not greedy, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+        num_candidates=num_candidates, seed=seed, batch_size=batch_size,
+    ).validate()
+    store = _store()
+    with Progress(
+        TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+    ) as bar:
+        task = bar.add_task("gen", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        r = generate_candidates(
+            store, model, settings, limit=limit, category=category, required_labels=overlap, round=round,
+            dtype=dtype, device=device, progress=progress,
+        )
+    if r.prompts == 0:
+        out.print("nothing to do: every selected prompt already has candidates from this model")
+        return
+    out.print(
+        f"{r.prompts} prompts -> {r.completions} completions, {r.comparisons} comparisons "
+        f"({r.identical_pairs_skipped} identical pairs skipped); {r.new_tokens} tokens at {r.tokens_per_s:.0f} tokens/s"
+    )
+
+
+@annotators_app.command("add")
+def annotators_add(
+    name: str = typer.Argument(..., help="Unique display name."),
+    admin: bool = typer.Option(False, "--admin", help="Give the admin role (admin pages)."),
+) -> None:
+    """Add an annotator and print the login token (shown once; only its hash is stored)."""
+    a, token = _store().add_annotator(name, role="admin" if admin else "annotator")
+    out.print(f"added {a.role} {a.name!r} (id {a.id})\nlogin token (shown once): {token}")
+
+
+@annotators_app.command("list")
+def annotators_list() -> None:
+    """Annotators, roles and whether they can log in."""
+    rows = [[a.id, a.name, a.role, "yes" if a.active else "no"] for a in _store().list_annotators()]
+    out.print(_table("annotators", ["id", "name", "role", "active"], rows))
+
+
+def _annotator_id(store: Any, name: str) -> int:
+    for a in store.list_annotators():
+        if a.name == name:
+            return a.id
+    raise WorkbenchError(f"no annotator named {name!r}; see `rlhf annotators list`")
+
+
+@annotators_app.command("deactivate")
+def annotators_deactivate(name: str) -> None:
+    """Revoke an annotator's access (labels stay)."""
+    store = _store()
+    store.set_annotator_active(_annotator_id(store, name), False)
+    out.print(f"deactivated {name!r}")
+
+
+@annotators_app.command("rotate-token")
+def annotators_rotate(name: str) -> None:
+    """Issue a new login token; the old one stops working."""
+    store = _store()
+    out.print(f"new login token for {name!r} (shown once): {store.rotate_token(_annotator_id(store, name))}")
+
+
+# -- export ----------------------------------------------------------------------------------
+
+
+@app.command()
+def export(
+    out_dir: Path | None = typer.Argument(None, help="Output folder (default: <data home>/exports/<UTC time>)."),
+    test_fraction: float = typer.Option(0.1, help="Share of prompts held out (split by prompt)."),
+    seed: int = typer.Option(0, help="Seed of the prompt split."),
+    ties: str = typer.Option("drop", help="drop | keep (as margin-0 pairs flagged is_tie)."),
+    both_bad: str = typer.Option("drop", help="drop | keep (flagged is_both_bad)."),
+    disagreement: str = typer.Option("majority", help="majority | unanimous."),
+    min_labels: int = typer.Option(1, help="Drop comparisons with fewer submitted labels."),
+    margin: str = typer.Option("strength", help="strength (Llama 2 style margin column) | none."),
+    fmt: str = typer.Option("auto", "--format", help="auto | conversational | text."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+) -> None:
+    """Export labelled comparisons as a TRL preference dataset (datasets folder + manifest.json)."""
+    from datetime import datetime, timezone
+
+    from rlhf.home import ensure_home
+    from rlhf.io import ExportOptions, export_preferences
+
+    if out_dir is None:
+        out_dir = ensure_home() / "exports" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    options = ExportOptions(
+        test_fraction=test_fraction, seed=seed, ties=ties, both_bad=both_bad, disagreement=disagreement,
+        min_labels=min_labels, margin=margin, format=fmt,
+    )
+    r = export_preferences(_store(), out_dir, options, force=force)
+    c = r.counts
+    out.print(f"exported to {r.path}: train {c['exported_train']}, test {c['exported_test']}")
+    out.print(f"dropped: {json.dumps(c['dropped'])}")
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    limit: int = typer.Option(24, help="Prompts to generate candidates for (the rest can be done later)."),
+    model: str = typer.Option("default", help="Policy that writes the candidates."),
+    max_new_tokens: int = typer.Option(96, help="Longest candidate in tokens."),
+) -> None:
+    """Seed the store with the shipped demo prompts, generate candidates, make an admin login."""
+    from rlhf.home import ensure_home
+    from rlhf.io import import_prompts
+    from rlhf.store import Store
+
+    ensure_home()
+    store = Store()
+    store.init()
+    _print_import("demo prompts", import_prompts(store, DEMO_PROMPTS, source="demo"))
+    generate(
+        model=model, limit=limit, category=None, greedy=False, temperature=0.8, top_k=50, top_p=0.95,
+        max_new_tokens=max_new_tokens, num_candidates=2, seed=0, batch_size=8, overlap=None, round=0,
+        dtype="auto", device="auto",
+    )
+    if not any(a.role == "admin" and a.active for a in store.list_annotators()):
+        a, token = store.add_annotator("admin", role="admin")
+        (ensure_home() / "admin-token.txt").write_text(token + "\n")
+        out.print(f"admin login token (also in {ensure_home() / 'admin-token.txt'}): {token}")
+    status()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: friendly errors with exit code 2, never a traceback for user errors."""
+    try:
+        app(args=argv, prog_name="rlhf", standalone_mode=False)
+    except WorkbenchError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except (click.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

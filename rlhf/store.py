@@ -1,0 +1,496 @@
+"""The preference store: every read and write of prompts, completions, comparisons and labels.
+
+SQLite in WAL mode in the data home by default; any SQLAlchemy URL (PostgreSQL) via `RLHF_DB_URL`.
+Each public write is one transaction: it either happens whole or leaves the database unchanged.
+Domain rules (valid choices, one label per annotator and comparison, when a comparison is complete)
+live here, in one place; the CLI and the UI only call these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, func, inspect, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from rlhf.errors import ValidationError, WorkbenchError
+from rlhf.home import data_home, ensure_home
+from rlhf.schema import (
+    CHOICES,
+    ROLES,
+    SCHEMA_VERSION,
+    SPLITS,
+    Annotator,
+    Base,
+    Comparison,
+    Completion,
+    Label,
+    Prompt,
+    SchemaVersion,
+    Setting,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "overlap": 1,  # labels each new comparison needs before it leaves the queues
+    "guidelines": "",
+}
+
+# version -> function upgrading a database at that version to version + 1, run in one transaction.
+MIGRATIONS: dict[int, Any] = {}
+
+
+def default_db_url() -> str:
+    return os.environ.get("RLHF_DB_URL") or f"sqlite:///{data_home() / 'rlhf.db'}"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def content_hash(content: str | list[dict[str, str]]) -> str:
+    """Stable identity of a prompt's content (text or chat messages)."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass
+class PromptRecord:
+    """A prompt to add: plain text or a list of chat messages, plus provenance."""
+
+    content: str | list[dict[str, str]]
+    external_id: str | None = None
+    source: str | None = None
+    category: str | None = None
+    tags: list[str] = field(default_factory=list)
+    split: str | None = None
+
+
+@dataclass
+class CompletionRecord:
+    text: str
+    model: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    num_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: readers never block the writer; NORMAL sync is durable against a killed process.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Store:
+    """A handle on one preference database. Cheap to create; share one per process."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url or default_db_url()
+        if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
+            path = Path(self.url.removeprefix("sqlite:///"))
+            if path.parent == data_home():
+                ensure_home()
+            elif not path.parent.exists():
+                raise WorkbenchError(f"the database folder {path.parent} does not exist; create it first")
+            # timeout: wait up to 15 s for a concurrent writer instead of failing at once.
+            self.engine: Engine = create_engine(self.url, connect_args={"timeout": 15})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password hidden (safe for logs and manifests)."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read session (no commit)."""
+        with self._sessions() as s:
+            try:
+                yield s
+            except OperationalError as e:
+                raise _db_error(e, self) from e
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One write transaction: committed whole on success, rolled back whole on any error."""
+        with self._sessions() as s:
+            try:
+                with s.begin():
+                    yield s
+            except OperationalError as e:
+                raise _db_error(e, self) from e
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def schema_version(self) -> int | None:
+        try:
+            if not inspect(self.engine).has_table("schema_version"):
+                return None
+            with self.session() as s:
+                return s.scalar(select(func.max(SchemaVersion.version)))
+        except OperationalError as e:
+            raise _db_error(e, self) from e
+
+    def init(self) -> int:
+        """Create the tables, or upgrade an older schema in place (backing up a SQLite file first)."""
+        version = self.schema_version()
+        if version is None:
+            with self.transaction() as s:
+                Base.metadata.create_all(s.connection())
+                s.add(SchemaVersion(version=SCHEMA_VERSION))
+                for key, value in DEFAULT_SETTINGS.items():
+                    s.add(Setting(key=key, value=value))
+            return SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise WorkbenchError(
+                f"the database {self.display_url} has schema version {version}, newer than this "
+                f"workbench ({SCHEMA_VERSION}); upgrade rlhf-workbench"
+            )
+        if version < SCHEMA_VERSION:
+            self._backup(version)
+            with self.transaction() as s:
+                for v in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[v](s)
+                    s.add(SchemaVersion(version=v + 1))
+        return SCHEMA_VERSION
+
+    def _backup(self, version: int) -> None:
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database not in (None, ":memory:"):
+            src = Path(self.engine.url.database)
+            with self.engine.connect() as c:
+                c.exec_driver_sql("PRAGMA wal_checkpoint(FULL)")
+            shutil.copy2(src, src.with_suffix(f".v{version}.bak"))
+
+    def require_ready(self) -> None:
+        if self.schema_version() != SCHEMA_VERSION:
+            raise WorkbenchError(f"the store {self.display_url} is not initialised; run `rlhf init`")
+
+    # -- settings -------------------------------------------------------------------------
+
+    def get_setting(self, key: str) -> Any:
+        with self.session() as s:
+            row = s.get(Setting, key)
+            return row.value if row is not None else DEFAULT_SETTINGS.get(key)
+
+    def set_setting(self, key: str, value: Any) -> None:
+        if key == "overlap" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise WorkbenchError(f"`overlap` must be a whole number >= 1, got {value!r}")
+        with self.transaction() as s:
+            row = s.get(Setting, key)
+            if row is None:
+                s.add(Setting(key=key, value=value))
+            else:
+                row.value = value
+
+    # -- annotators -----------------------------------------------------------------------
+
+    def add_annotator(self, name: str, role: str = "annotator") -> tuple[Annotator, str]:
+        """Add an annotator; returns the row and the login token (shown once, stored hashed)."""
+        name = (name or "").strip()
+        problems = []
+        if not name or len(name) > 100:
+            problems.append("`name` must be 1-100 characters")
+        if role not in ROLES:
+            problems.append(f"`role` must be one of {', '.join(ROLES)}, got {role!r}")
+        if problems:
+            raise ValidationError("annotator", problems)
+        token = secrets.token_urlsafe(24)
+        try:
+            with self.transaction() as s:
+                a = Annotator(name=name, role=role, token_hash=hash_token(token))
+                s.add(a)
+        except IntegrityError as e:
+            raise WorkbenchError(f"an annotator named {name!r} already exists; pick another name") from e
+        return a, token
+
+    def authenticate(self, token: str) -> Annotator | None:
+        """The active annotator holding this token, or None."""
+        if not token:
+            return None
+        digest = hash_token(token.strip())
+        with self.session() as s:
+            a = s.scalar(select(Annotator).where(Annotator.token_hash == digest))
+        # Constant-time comparison of the digests, so timing does not leak a near miss.
+        if a is None or not hmac.compare_digest(a.token_hash or "", digest) or not a.active:
+            return None
+        return a
+
+    def rotate_token(self, annotator_id: int) -> str:
+        token = secrets.token_urlsafe(24)
+        with self.transaction() as s:
+            a = self._annotator(s, annotator_id)
+            a.token_hash = hash_token(token)
+        return token
+
+    def set_annotator_active(self, annotator_id: int, active: bool) -> None:
+        with self.transaction() as s:
+            self._annotator(s, annotator_id).active = active
+
+    def list_annotators(self) -> list[Annotator]:
+        with self.session() as s:
+            return list(s.scalars(select(Annotator).order_by(Annotator.id)))
+
+    def get_or_create_system_annotator(self, s: Session, name: str) -> Annotator:
+        """An inactive, token-less annotator that owns imported labels (cannot log in)."""
+        a = s.scalar(select(Annotator).where(Annotator.name == name))
+        if a is None:
+            a = Annotator(name=name, role="annotator", token_hash=None, active=False)
+            s.add(a)
+            s.flush()
+        return a
+
+    @staticmethod
+    def _annotator(s: Session, annotator_id: int) -> Annotator:
+        a = s.get(Annotator, annotator_id)
+        if a is None:
+            raise WorkbenchError(f"no annotator with id {annotator_id}; see `rlhf annotators list`")
+        return a
+
+    # -- prompts --------------------------------------------------------------------------
+
+    def add_prompts(self, records: Sequence[PromptRecord]) -> tuple[int, int]:
+        """Add prompts in one transaction; returns (added, already present). All or nothing."""
+        problems = []
+        for i, r in enumerate(records):
+            if r.split is not None and r.split not in SPLITS:
+                problems.append(f"record {i + 1}: `split` must be one of {SPLITS}, got {r.split!r}")
+        if problems:
+            raise ValidationError("prompts", problems)
+        with self.transaction() as s:
+            added, present = self._add_prompts(s, records)
+        return len(added), present
+
+    def _add_prompts(self, s: Session, records: Sequence[PromptRecord]) -> tuple[list[Prompt], int]:
+        hashes = [content_hash(r.content) for r in records]
+        existing = {
+            h
+            for chunk in _chunks(hashes, 500)
+            for h in s.scalars(select(Prompt.content_hash).where(Prompt.content_hash.in_(chunk)))
+        }
+        added, seen = [], set()
+        for r, h in zip(records, hashes):
+            if h in existing or h in seen:
+                continue
+            seen.add(h)
+            p = Prompt(
+                content_hash=h,
+                external_id=r.external_id,
+                text=r.content if isinstance(r.content, str) else None,
+                messages=r.content if not isinstance(r.content, str) else None,
+                source=r.source,
+                category=r.category,
+                tags=list(r.tags),
+                split=r.split,
+            )
+            s.add(p)
+            added.append(p)
+        s.flush()
+        return added, len(records) - len(added)
+
+    def prompt_by_hash(self, s: Session, content: str | list[dict[str, str]]) -> Prompt | None:
+        return s.scalar(select(Prompt).where(Prompt.content_hash == content_hash(content)))
+
+    # -- candidates -----------------------------------------------------------------------
+
+    def add_candidates(
+        self,
+        prompt_id: int,
+        completions: Sequence[CompletionRecord],
+        required_labels: int | None = None,
+        round: int = 0,
+    ) -> tuple[int, int]:
+        """Store K completions of one prompt and a comparison for each pair of distinct texts.
+
+        Identical responses are not paired (there is nothing to prefer). Returns
+        (completions stored, comparisons created)."""
+        required = required_labels or int(self.get_setting("overlap"))
+        with self.transaction() as s:
+            if s.get(Prompt, prompt_id) is None:
+                raise WorkbenchError(f"no prompt with id {prompt_id}")
+            rows = [
+                Completion(
+                    prompt_id=prompt_id,
+                    text=c.text,
+                    model=c.model,
+                    settings=dict(c.settings),
+                    seed=c.seed,
+                    num_tokens=c.num_tokens,
+                    finish_reason=c.finish_reason,
+                )
+                for c in completions
+            ]
+            s.add_all(rows)
+            s.flush()
+            n_pairs = 0
+            for i in range(len(rows)):
+                for j in range(i + 1, len(rows)):
+                    if rows[i].text.strip() == rows[j].text.strip():
+                        continue
+                    s.add(
+                        Comparison(
+                            prompt_id=prompt_id,
+                            completion_a_id=rows[i].id,
+                            completion_b_id=rows[j].id,
+                            required_labels=required,
+                            round=round,
+                            source="generated",
+                        )
+                    )
+                    n_pairs += 1
+        return len(rows), n_pairs
+
+    def prompts_without_candidates(
+        self, model: str, limit: int | None = None, category: str | None = None
+    ) -> list[Prompt]:
+        """Prompts with no completion from `model` yet (what `generate` still has to do)."""
+        done = select(Completion.prompt_id).where(Completion.model == model)
+        q = select(Prompt).where(Prompt.id.not_in(done)).order_by(Prompt.id)
+        if category:
+            q = q.where(Prompt.category == category)
+        if limit:
+            q = q.limit(limit)
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    # -- labels ---------------------------------------------------------------------------
+
+    def save_label(
+        self,
+        comparison_id: int,
+        annotator_id: int,
+        choice: str,
+        strength: int | None = None,
+        rationale: str | None = None,
+        time_spent_s: float | None = None,
+        shown_left: str | None = None,
+    ) -> Label:
+        """Record one annotator's judgement of one comparison (one transaction).
+
+        A choice of A/B may carry a strength 0-3; tie and both_bad carry none. Relabelling after
+        an undo reuses the discarded row, so the (comparison, annotator) pair stays unique."""
+        problems = []
+        if choice not in CHOICES:
+            problems.append(f"`choice` must be one of {', '.join(CHOICES)}, got {choice!r}")
+        if strength is not None:
+            if choice in ("tie", "both_bad"):
+                problems.append(f"`strength` is only for A/B choices, not {choice!r}")
+            elif not isinstance(strength, int) or isinstance(strength, bool) or not 0 <= strength <= 3:
+                problems.append(f"`strength` must be 0, 1, 2 or 3, got {strength!r}")
+        if shown_left not in (None, "A", "B"):
+            problems.append(f"`shown_left` must be 'A' or 'B', got {shown_left!r}")
+        if time_spent_s is not None and not time_spent_s >= 0:
+            problems.append(f"`time_spent_s` must be >= 0, got {time_spent_s!r}")
+        if problems:
+            raise ValidationError("label", problems)
+        with self.transaction() as s:
+            a = self._annotator(s, annotator_id)
+            if not a.active:
+                raise WorkbenchError(f"annotator {a.name!r} is deactivated and cannot label")
+            comp = s.get(Comparison, comparison_id, with_for_update=True)
+            if comp is None:
+                raise WorkbenchError(f"no comparison with id {comparison_id}")
+            label = s.scalar(
+                select(Label).where(Label.comparison_id == comparison_id, Label.annotator_id == annotator_id)
+            )
+            if label is not None and label.status == "submitted":
+                raise WorkbenchError(f"annotator {a.name!r} already labelled comparison {comparison_id}")
+            if label is None:
+                label = Label(comparison_id=comparison_id, annotator_id=annotator_id)
+                s.add(label)
+            label.choice, label.strength, label.rationale = choice, strength, (rationale or None)
+            label.time_spent_s, label.shown_left, label.status = time_spent_s, shown_left, "submitted"
+            s.flush()
+            self._refresh_status(s, comp)
+        return label
+
+    def discard_label(self, label_id: int, annotator_id: int) -> None:
+        """Undo: mark the annotator's own label discarded; the comparison returns to the queue."""
+        with self.transaction() as s:
+            label = s.get(Label, label_id)
+            if label is None or label.annotator_id != annotator_id:
+                raise WorkbenchError(f"label {label_id} is not one of your labels")
+            label.status = "discarded"
+            s.flush()
+            self._refresh_status(s, s.get(Comparison, label.comparison_id))
+
+    @staticmethod
+    def _refresh_status(s: Session, comp: Comparison) -> None:
+        n = s.scalar(
+            select(func.count())
+            .select_from(Label)
+            .where(Label.comparison_id == comp.id, Label.status == "submitted")
+        )
+        comp.status = "completed" if n >= comp.required_labels else "pending"
+
+    # -- overview -------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table and state (what `rlhf status` prints)."""
+        with self.session() as s:
+
+            def n(q: Any) -> int:
+                return int(s.scalar(q) or 0)
+
+            return {
+                "prompts": n(select(func.count()).select_from(Prompt)),
+                "completions": n(select(func.count()).select_from(Completion)),
+                "comparisons": n(select(func.count()).select_from(Comparison)),
+                "comparisons_pending": n(
+                    select(func.count()).select_from(Comparison).where(Comparison.status == "pending")
+                ),
+                "comparisons_completed": n(
+                    select(func.count()).select_from(Comparison).where(Comparison.status == "completed")
+                ),
+                "labels_submitted": n(
+                    select(func.count()).select_from(Label).where(Label.status == "submitted")
+                ),
+                "labels_discarded": n(
+                    select(func.count()).select_from(Label).where(Label.status == "discarded")
+                ),
+                "annotators": n(select(func.count()).select_from(Annotator).where(Annotator.active)),
+            }
+
+    def ping(self) -> None:
+        with self.session() as s:
+            s.execute(text("SELECT 1"))
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _db_error(e: OperationalError, store: Store) -> WorkbenchError:
+    msg = str(e.orig) if e.orig is not None else str(e)
+    hint = ""
+    if "locked" in msg:
+        hint = " Another process holds a write lock for too long; retry, or stop the other writer."
+    elif "readonly" in msg or "read-only" in msg:
+        hint = " The data home is read-only; set RLHF_HOME to a writable folder."
+    elif "disk" in msg and "full" in msg:
+        hint = " The disk is full; free space and retry (nothing was written)."
+    elif "unable to open" in msg:
+        hint = " Check that the data home exists and is writable (run `rlhf init`)."
+    return WorkbenchError(f"database error on {store.display_url}: {msg}.{hint}")
