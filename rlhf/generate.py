@@ -103,6 +103,9 @@ def generate_responses(
     ).to(model.device)
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id])
+    # The pad token is a real vocabulary token (SmolLM2's <|endoftext|>): a model that emits it
+    # has ended its text, and everything after it would be padding anyway.
+    eos_ids.add(tok.pad_token_id)
     kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_new_tokens,
         "num_return_sequences": settings.num_candidates,
@@ -124,7 +127,7 @@ def generate_responses(
         row = []
         for ids in new[i * settings.num_candidates : (i + 1) * settings.num_candidates]:
             stop = next((j for j, t in enumerate(ids) if t in eos_ids), None)
-            kept = ids[:stop] if stop is not None else [t for t in ids if t != tok.pad_token_id]
+            kept = ids[:stop] if stop is not None else ids
             text = tok.decode(kept, skip_special_tokens=True).strip()
             row.append(Generated(text, len(kept) + (1 if stop is not None else 0), "eos" if stop is not None else "length"))
         results.append(row)

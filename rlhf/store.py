@@ -15,16 +15,19 @@ import logging
 import os
 import secrets
 import shutil
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, func, inspect, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 from rlhf.errors import ValidationError, WorkbenchError
 from rlhf.home import data_home, ensure_home
@@ -96,6 +99,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+    # Let SQLAlchemy emit BEGIN itself (below): the sqlite3 module would otherwise run DDL outside
+    # the transaction, and a failed migration could leave half its changes behind.
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Writers take the write lock up front (IMMEDIATE): a deferred read-then-write transaction
+    # could fail with "database is locked" at once instead of waiting its turn.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("rlhf_write") else "BEGIN")
 
 
 class Store:
@@ -103,18 +115,23 @@ class Store:
 
     def __init__(self, url: str | None = None):
         self.url = url or default_db_url()
-        if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
-            path = Path(self.url.removeprefix("sqlite:///"))
-            if path.parent == data_home():
-                ensure_home()
-            elif not path.parent.exists():
-                raise WorkbenchError(f"the database folder {path.parent} does not exist; create it first")
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() == "sqlite":
+            db = parsed.database or ""
+            if db and db != ":memory:" and not db.startswith("file:"):
+                path = Path(db)
+                if path.parent == data_home():
+                    ensure_home()
+                elif not path.parent.exists():
+                    raise WorkbenchError(f"the database folder {path.parent} does not exist; create it first")
             # timeout: wait up to 15 s for a concurrent writer instead of failing at once.
             self.engine: Engine = create_engine(self.url, connect_args={"timeout": 15})
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(self.engine.execution_options(rlhf_write=True), expire_on_commit=False)
 
     @property
     def display_url(self) -> str:
@@ -135,7 +152,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One write transaction: committed whole on success, rolled back whole on any error."""
-        with self._sessions() as s:
+        with self._writes() as s:
             try:
                 with s.begin():
                     yield s
@@ -476,6 +493,219 @@ class Store:
         with self.session() as s:
             s.execute(text("SELECT 1"))
 
+    # -- queue (labeling app; rules in the "Queue" notes at the end of this file) -----------
+
+    def next_comparison(
+        self, annotator_id: int, exclude: Sequence[int] = (), lease_s: float | None = None
+    ) -> Comparison | None:
+        """The next comparison for this annotator (prompt and both completions loaded), or None.
+
+        `exclude`: comparison ids to pass over (the ones skipped this session). The returned item is
+        leased to the annotator for `lease_s` seconds (default `LEASE_S`); asking again moves the
+        lease (back to the same item while it is still the best candidate, e.g. after a reload)."""
+        leases = _store_leases(self)
+        n = func.coalesce(_n_submitted.c.n, 0)
+        with leases.lock, self.session() as s:
+            now = time.monotonic()
+            held = leases.held_by_others(annotator_id, now)
+            q = (
+                select(Comparison.id, Comparison.required_labels, n)
+                .outerjoin(_n_submitted, _n_submitted.c.comparison_id == Comparison.id)
+                .where(Comparison.status == "pending", Comparison.id.not_in(_labelled_by(annotator_id)))
+                .order_by(n, Comparison.id)
+                # Every row passed over is leased by someone else: this many rows always suffice.
+                .limit(len(held) + 1)
+            )
+            if exclude:
+                q = q.where(Comparison.id.not_in(list(exclude)))
+            rows = s.execute(q).all()
+            in_flight = _in_flight(s, held, [cid for cid, _, _ in rows if cid in held])
+            chosen = next((cid for cid, req, done in rows if done + in_flight.get(cid, 0) < req), None)
+            if chosen is None:
+                leases.by_annotator.pop(annotator_id, None)
+                return None
+            leases.by_annotator[annotator_id] = (chosen, now + (LEASE_S if lease_s is None else lease_s))
+            return s.get(Comparison, chosen, options=_comparison_loader())
+
+    def release_comparison(self, annotator_id: int) -> None:
+        """Give back the annotator's lease (on logout), so others can take the item at once."""
+        leases = _store_leases(self)
+        with leases.lock:
+            leases.by_annotator.pop(annotator_id, None)
+
+    def get_comparison(self, comparison_id: int) -> Comparison | None:
+        """One comparison with its prompt, both completions and its labels (with annotators) loaded."""
+        with self.session() as s:
+            return s.get(
+                Comparison,
+                comparison_id,
+                options=[*_comparison_loader(), selectinload(Comparison.labels).joinedload(Label.annotator)],
+            )
+
+    def get_annotator(self, annotator_id: int) -> Annotator | None:
+        with self.session() as s:
+            return s.get(Annotator, annotator_id)
+
+    def get_label(self, label_id: int) -> Label | None:
+        with self.session() as s:
+            return s.get(Label, label_id)
+
+    def last_label(self, annotator_id: int) -> Label | None:
+        """The annotator's most recent submitted label (what "undo last" discards)."""
+        with self.session() as s:
+            return s.scalar(
+                select(Label)
+                .where(*_submitted_by(annotator_id))
+                .order_by(Label.created_at.desc(), Label.id.desc())
+                .limit(1)
+            )
+
+    def annotator_progress(self, annotator_id: int) -> QueueProgress:
+        """Labels done today (since local midnight) and in total, and how many items are left."""
+        midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+        mine = _submitted_by(annotator_id)
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(Label).where(*mine))
+            today = s.scalar(
+                select(func.count())
+                .select_from(Label)
+                .where(*mine, Label.created_at >= midnight.astimezone(timezone.utc))
+            )
+            remaining = s.scalar(
+                select(func.count())
+                .select_from(Comparison)
+                .where(Comparison.status == "pending", Comparison.id.not_in(_labelled_by(annotator_id)))
+            )
+        return QueueProgress(int(today or 0), int(total or 0), int(remaining or 0))
+
+    def label_rows(self, min_labels: int = 1) -> list[LabelRow]:
+        """Every submitted label with its annotator's name and prompt category (for agreement).
+
+        `min_labels`: keep only comparisons with at least this many submitted labels (2: overlapped)."""
+        q = (
+            select(
+                Label.id,
+                Label.comparison_id,
+                Label.annotator_id,
+                Annotator.name,
+                Label.choice,
+                Label.strength,
+                Label.shown_left,
+                Label.time_spent_s,
+                Prompt.category,
+                Label.created_at,
+            )
+            .join(Annotator, Annotator.id == Label.annotator_id)
+            .join(Comparison, Comparison.id == Label.comparison_id)
+            .join(Prompt, Prompt.id == Comparison.prompt_id)
+            .where(Label.status == "submitted")
+            .order_by(Label.comparison_id, Label.annotator_id)
+        )
+        if min_labels > 1:
+            overlapped = select(_n_submitted.c.comparison_id).where(_n_submitted.c.n >= min_labels)
+            q = q.where(Label.comparison_id.in_(overlapped))
+        with self.session() as s:
+            return [LabelRow(*row) for row in s.execute(q)]
+
+    def list_comparisons(self, filters: ComparisonFilter | None = None) -> list[dict[str, Any]]:
+        """One row per comparison, for browsing: prompt excerpt, category, round, status, label count."""
+        f = filters or ComparisonFilter()
+        q = (
+            select(
+                Comparison.id,
+                Prompt.id,
+                Prompt.text,
+                Prompt.messages,
+                Prompt.category,
+                Comparison.round,
+                Comparison.status,
+                func.coalesce(_n_submitted.c.n, 0),
+                Comparison.required_labels,
+                Comparison.source,
+            )
+            .join(Prompt, Prompt.id == Comparison.prompt_id)
+            .outerjoin(_n_submitted, _n_submitted.c.comparison_id == Comparison.id)
+            .order_by(Comparison.id)
+            .limit(f.limit)
+            .offset(f.offset)
+        )
+        if f.status:
+            q = q.where(Comparison.status == f.status)
+        if f.category:
+            q = q.where(Prompt.category == f.category)
+        if f.round is not None:
+            q = q.where(Comparison.round == f.round)
+        if f.annotator_id is not None:
+            labelled = select(Label.comparison_id).where(Label.annotator_id == f.annotator_id)
+            q = q.where(Comparison.id.in_(labelled))
+        if f.search:
+            q = q.where(Prompt.text.contains(f.search, autoescape=True))
+        with self.session() as s:
+            rows = s.execute(q).all()
+        out = []
+        for cid, pid, ptext, messages, category, rnd, status, n, required, source in rows:
+            if ptext is None:
+                ptext = " / ".join(str(m.get("content", "")) for m in messages or [] if isinstance(m, dict))
+            out.append(
+                {
+                    "comparison": cid,
+                    "prompt_id": pid,
+                    "prompt": ptext[:200],
+                    "category": category,
+                    "round": rnd,
+                    "status": status,
+                    "labels": int(n),
+                    "required": required,
+                    "source": source,
+                }
+            )
+        return out
+
+    def list_labels(
+        self,
+        annotator_id: int | None = None,
+        comparison_id: int | None = None,
+        status: str | None = None,
+        limit: int = 500,
+    ) -> list[dict[str, Any]]:
+        """Labels, newest first, with annotator names (for the data page; admins only)."""
+        q = (
+            select(Label, Annotator.name)
+            .join(Annotator, Annotator.id == Label.annotator_id)
+            .order_by(Label.created_at.desc(), Label.id.desc())
+            .limit(limit)
+        )
+        if annotator_id is not None:
+            q = q.where(Label.annotator_id == annotator_id)
+        if comparison_id is not None:
+            q = q.where(Label.comparison_id == comparison_id)
+        if status:
+            q = q.where(Label.status == status)
+        with self.session() as s:
+            return [
+                {
+                    "label": lab.id,
+                    "comparison": lab.comparison_id,
+                    "annotator": name,
+                    "choice": lab.choice,
+                    "strength": lab.strength,
+                    "shown_left": lab.shown_left,
+                    "time_s": lab.time_spent_s,
+                    "status": lab.status,
+                    "rationale": lab.rationale,
+                    "created": lab.created_at,
+                }
+                for lab, name in s.execute(q)
+            ]
+
+    def categories(self) -> list[str]:
+        with self.session() as s:
+            return [c for c in s.scalars(select(Prompt.category).distinct().order_by(Prompt.category)) if c]
+
+    def rounds(self) -> list[int]:
+        with self.session() as s:
+            return list(s.scalars(select(Comparison.round).distinct().order_by(Comparison.round)))
+
 
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
@@ -494,3 +724,127 @@ def _db_error(e: OperationalError, store: Store) -> WorkbenchError:
     elif "unable to open" in msg:
         hint = " Check that the data home exists and is writable (run `rlhf init`)."
     return WorkbenchError(f"database error on {store.display_url}: {msg}.{hint}")
+
+
+# ==========================================================================================
+# Queue: what each annotator labels next (the Store methods under "-- queue" above use these).
+#
+# Rules, in one place:
+#   1. An annotator never gets a comparison they hold a submitted label on (after an undo the
+#      discarded label no longer counts, so that comparison comes back to them).
+#   2. Only `pending` comparisons are offered: one leaves every queue as soon as it has
+#      `required_labels` submitted labels (`_refresh_status` runs inside `save_label`).
+#   3. Order: fewest submitted labels first (spread coverage), then oldest id.
+#   4. In flight: `next_comparison` leases the item it hands out (one lease per annotator, for
+#      `LEASE_S` seconds). An item is offered only while
+#          submitted labels + other annotators' live, not yet submitted leases < required labels,
+#      so annotators working at once through one Store (the app shares one per process) never
+#      over-label. Leases live in memory: across processes (two app servers, the CLI), or when a
+#      lease expired (an item left open longer than `LEASE_S`), a late submit is still accepted —
+#      a label is paid work and is kept — so a comparison exceeds its requirement only by such
+#      late submits. The unique (comparison, annotator) constraint rules out doubles in any case.
+# ==========================================================================================
+
+LEASE_S = 600.0
+
+# Submitted labels per comparison (a subquery the queue joins against).
+_n_submitted = (
+    select(Label.comparison_id, func.count().label("n"))
+    .where(Label.status == "submitted")
+    .group_by(Label.comparison_id)
+    .subquery()
+)
+
+
+@dataclass
+class QueueProgress:
+    done_today: int  # labels this annotator submitted since local midnight
+    done_total: int
+    remaining: int  # pending comparisons this annotator has not labelled (others may finish some)
+
+
+@dataclass
+class LabelRow:
+    """One submitted label, flattened for agreement and per-annotator statistics."""
+
+    label_id: int
+    comparison_id: int
+    annotator_id: int
+    annotator: str
+    choice: str
+    strength: int | None
+    shown_left: str | None
+    time_spent_s: float | None
+    category: str | None
+    created_at: datetime
+
+
+@dataclass
+class ComparisonFilter:
+    status: str | None = None  # "pending" | "completed"
+    category: str | None = None
+    round: int | None = None
+    annotator_id: int | None = None  # only comparisons this annotator labelled (any status)
+    search: str | None = None  # substring of the prompt text
+    limit: int = 200
+    offset: int = 0
+
+
+def shown_left_for(annotator_id: int, comparison_id: int) -> str:
+    """Which completion ("A" or "B") this annotator sees on the left: random across (annotator,
+    comparison) pairs, but the same on every visit, so a reload never swaps the sides."""
+    digest = hashlib.sha256(f"{annotator_id}:{comparison_id}".encode()).digest()
+    return "A" if digest[0] % 2 == 0 else "B"
+
+
+class _Leases:
+    """In-memory leases, annotator_id -> (comparison_id, expiry on the monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_annotator: dict[int, tuple[int, float]] = {}
+
+    def held_by_others(self, annotator_id: int, now: float) -> dict[int, set[int]]:
+        """comparison_id -> the other annotators holding a live lease on it (expired ones dropped)."""
+        held: dict[int, set[int]] = {}
+        for aid, (cid, expiry) in list(self.by_annotator.items()):
+            if expiry <= now:
+                del self.by_annotator[aid]
+            elif aid != annotator_id:
+                held.setdefault(cid, set()).add(aid)
+        return held
+
+
+def _store_leases(store: Store) -> _Leases:
+    # Created on first use; dict.setdefault is atomic, so concurrent threads share one object.
+    return store.__dict__.setdefault("_queue_leases", _Leases())
+
+
+def _submitted_by(annotator_id: int) -> tuple[Any, Any]:
+    return Label.annotator_id == annotator_id, Label.status == "submitted"
+
+
+def _labelled_by(annotator_id: int) -> Any:
+    return select(Label.comparison_id).where(*_submitted_by(annotator_id))
+
+
+def _in_flight(s: Session, held: dict[int, set[int]], comparison_ids: list[int]) -> dict[int, int]:
+    """Live leases per comparison, not counting holders who already submitted (they count as labels)."""
+    if not comparison_ids:
+        return {}
+    done = set(
+        s.execute(
+            select(Label.comparison_id, Label.annotator_id).where(
+                Label.comparison_id.in_(comparison_ids), Label.status == "submitted"
+            )
+        ).tuples()
+    )
+    return {cid: sum((cid, aid) not in done for aid in held[cid]) for cid in comparison_ids}
+
+
+def _comparison_loader() -> list[Any]:
+    return [
+        joinedload(Comparison.prompt),
+        joinedload(Comparison.completion_a),
+        joinedload(Comparison.completion_b),
+    ]

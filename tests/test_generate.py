@@ -1,0 +1,102 @@
+"""Candidate generation: settings are validated and recorded, greedy is deterministic, seeds reproduce."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from rlhf import generate as gen
+from rlhf.errors import ValidationError
+from rlhf.generate import Generated, GenerationSettings, generate_candidates, generate_responses
+from rlhf.models import load_causal_lm
+from rlhf.schema import Comparison, Completion
+from rlhf.store import PromptRecord
+
+PROMPTS = ["Explain why the sky is blue.", "Write a haiku about rain.", [{"role": "user", "content": "Say hello."}]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_causal_lm(tiny_model_dir)
+
+
+def test_settings_report_every_problem_at_once():
+    with pytest.raises(ValidationError) as e:
+        GenerationSettings(temperature=0, top_k=-1, top_p=1.5, max_new_tokens=0, batch_size=0).validate()
+    assert len(e.value.problems) == 5
+    with pytest.raises(ValidationError, match="greedy decoding"):
+        GenerationSettings(do_sample=False, num_candidates=2).validate()
+
+
+def test_recorded_settings_drop_sampling_knobs_for_greedy():
+    assert GenerationSettings(do_sample=False, num_candidates=1, max_new_tokens=5, seed=3).recorded() == {
+        "do_sample": False, "max_new_tokens": 5, "num_candidates": 1, "seed": 3,
+    }
+    assert GenerationSettings().recorded() == {
+        "do_sample": True, "temperature": 0.8, "top_k": 50, "top_p": 0.95, "max_new_tokens": 128,
+        "num_candidates": 2, "seed": 0,
+    }
+
+
+def test_greedy_is_deterministic(tiny):
+    model, tok = tiny
+    s = GenerationSettings(do_sample=False, num_candidates=1, max_new_tokens=12)
+    assert generate_responses(model, tok, PROMPTS, s, seed=0) == generate_responses(model, tok, PROMPTS, s, seed=99)
+
+
+def test_seed_reproduces_samples_and_another_seed_differs(tiny):
+    model, tok = tiny
+    s = GenerationSettings(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16, num_candidates=2)
+    a = generate_responses(model, tok, PROMPTS, s, seed=7)
+    assert a == generate_responses(model, tok, PROMPTS, s, seed=7)
+    assert a != generate_responses(model, tok, PROMPTS, s, seed=8)
+
+
+def test_responses_respect_max_new_tokens(tiny):
+    model, tok = tiny
+    out = generate_responses(model, tok, PROMPTS, GenerationSettings(max_new_tokens=5, num_candidates=3), seed=0)
+    assert [len(r) for r in out] == [3, 3, 3]
+    for r in out:
+        for g in r:
+            assert 1 <= g.num_tokens <= 5 and g.finish_reason in ("eos", "length")
+            assert g.finish_reason == "eos" or g.num_tokens == 5
+
+
+def test_generate_candidates_stores_settings_seed_and_pairs_and_resumes(store, tiny_model_dir):
+    store.add_prompts([PromptRecord(p) for p in PROMPTS])
+    s = GenerationSettings(max_new_tokens=8, num_candidates=3, seed=5, batch_size=2)
+    r = generate_candidates(store, str(tiny_model_dir), s, limit=2)
+    assert (r.prompts, r.completions) == (2, 6)
+    assert r.comparisons + r.identical_pairs_skipped == 2 * 3  # K=3 -> 3 pairs per prompt
+    with store.session() as sess:
+        comps = sess.scalars(select(Completion)).all()
+        assert {c.model for c in comps} == {str(tiny_model_dir)}
+        assert all(c.settings == s.recorded() for c in comps)
+        # Each batch's seed is seed * 1_000_003 + the id of the batch's first prompt.
+        assert {c.seed - 5 * 1_000_003 for c in comps} <= {c.prompt_id for c in comps}
+    # Resume: only the prompt left over is generated; a third run has nothing to do.
+    r2 = generate_candidates(store, str(tiny_model_dir), s)
+    assert r2.prompts == 1
+    assert generate_candidates(store, str(tiny_model_dir), s).prompts == 0
+    assert store.counts()["completions"] == 9
+
+
+def test_identical_responses_are_not_stored_as_a_pair(store, tiny_model_dir, monkeypatch):
+    store.add_prompts([PromptRecord("p")])
+
+    def same(model, tok, prompts, settings, seed):
+        return [[Generated("same answer", 2, "eos"), Generated("same answer ", 2, "eos")] for _ in prompts]
+
+    monkeypatch.setattr(gen, "generate_responses", same)
+    r = generate_candidates(store, str(tiny_model_dir), GenerationSettings(max_new_tokens=4))
+    assert (r.completions, r.comparisons, r.identical_pairs_skipped) == (2, 0, 1)
+    with store.session() as sess:
+        assert sess.scalars(select(Comparison)).all() == []
+
+
+def test_progress_is_reported_per_batch(store, tiny_model_dir):
+    store.add_prompts([PromptRecord(f"prompt number {i}") for i in range(5)])
+    seen = []
+    generate_candidates(store, str(tiny_model_dir), GenerationSettings(max_new_tokens=2, batch_size=2),
+                        progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
