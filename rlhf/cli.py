@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from typer.exceptions import TyperException
 
 from rlhf.errors import WorkbenchError
 
@@ -299,12 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return 2
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.ClickException as e:
+    except TyperException as e:  # usage errors (typer vendors click; its exceptions derive from this)
         e.show()
-        return 2
-    except (click.Abort, KeyboardInterrupt):
+        return getattr(e, "exit_code", 2)
+    except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         return 130
     return 0
