@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
 from typer.exceptions import TyperException
 
 from rlhf.errors import WorkbenchError
@@ -35,9 +34,11 @@ app.add_typer(models_app, name="models")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(annotators_app, name="annotators")
 app.add_typer(preferences_app, name="preferences")
+inspect_app = typer.Typer(help="Inspect training runs.", no_args_is_help=True)
+app.add_typer(inspect_app, name="inspect")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DEMO_PROMPTS = Path(__file__).parent / "data" / "demo_prompts.jsonl"
 
@@ -165,8 +166,14 @@ def generate(
     from rlhf.generate import GenerationSettings, generate_candidates
 
     settings = GenerationSettings(
-        do_sample=not greedy, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-        num_candidates=num_candidates, seed=seed, batch_size=batch_size,
+        do_sample=not greedy,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        num_candidates=num_candidates,
+        seed=seed,
+        batch_size=batch_size,
     ).validate()
     store = _store()
     with Progress(
@@ -178,8 +185,16 @@ def generate(
             bar.update(task, completed=done, total=total)
 
         r = generate_candidates(
-            store, model, settings, limit=limit, category=category, required_labels=overlap, round=round,
-            dtype=dtype, device=device, progress=progress,
+            store,
+            model,
+            settings,
+            limit=limit,
+            category=category,
+            required_labels=overlap,
+            round=round,
+            dtype=dtype,
+            device=device,
+            progress=progress,
         )
     if r.prompts == 0:
         out.print("nothing to do: every selected prompt already has candidates from this model")
@@ -254,13 +269,123 @@ def export(
     if out_dir is None:
         out_dir = ensure_home() / "exports" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     options = ExportOptions(
-        test_fraction=test_fraction, seed=seed, ties=ties, both_bad=both_bad, disagreement=disagreement,
-        min_labels=min_labels, margin=margin, format=fmt,
+        test_fraction=test_fraction,
+        seed=seed,
+        ties=ties,
+        both_bad=both_bad,
+        disagreement=disagreement,
+        min_labels=min_labels,
+        margin=margin,
+        format=fmt,
     )
     r = export_preferences(_store(), out_dir, options, force=force)
     c = r.counts
     out.print(f"exported to {r.path}: train {c['exported_train']}, test {c['exported_test']}")
     out.print(f"dropped: {json.dumps(c['dropped'])}")
+
+
+# -- reward model ----------------------------------------------------------------------------
+
+
+@app.command("train-reward")
+def train_reward_cmd(
+    export_dir: Path | None = typer.Argument(
+        None, help="Export folder (`rlhf export`); omitted: export the store now."
+    ),
+    model: str | None = typer.Option(None, help="Base model (the policy's); default: the config's, else `default`."),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML: our options + a `trl:` section of RewardConfig fields."
+    ),
+    max_steps: int | None = typer.Option(None, help="Stop after this many optimizer steps."),
+    lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters + score head, or full fine-tune."),
+    sets: list[str] | None = typer.Option(None, "--set", help="Override any option or RewardConfig field: KEY=VALUE."),
+) -> None:
+    """Train a reward model with TRL's RewardTrainer; writes runs/reward/<id>/ and prints a summary."""
+    from rlhf.configs import build_options, parse_sets, read_yaml
+    from rlhf.reward import RewardOptions, reward_config_fields, train_reward
+    from rlhf.runs import read_json
+
+    overrides = parse_sets(sets)
+    if model is not None:
+        overrides["model"] = model
+    if lora is not None:
+        overrides["lora"] = lora
+    options, trl = build_options(
+        RewardOptions, read_yaml(config) if config else {}, overrides, reward_config_fields(), "reward config"
+    )
+    if export_dir is None:
+        from datetime import datetime, timezone
+
+        from rlhf.home import ensure_home
+        from rlhf.io import export_preferences
+
+        export_dir = ensure_home() / "exports" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        export_preferences(_store(), export_dir)
+        out.print(f"exported the store to {export_dir}")
+    run_dir = train_reward(export_dir, options, trl, max_steps=max_steps)
+    s = read_json(run_dir / "summary.json")
+    acc = "n/a" if s["eval_accuracy"] is None else f"{s['eval_accuracy']:.3f}"
+    out.print(f"reward run: {run_dir}")
+    out.print(
+        f"train pairs {s['train_pairs']} (dropped as too long: {s['dropped_too_long']}), steps {s['global_step']}, "
+        f"{s['pairs_per_second']:.2f} pairs/s, held-out accuracy {acc}"
+    )
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+@inspect_app.command("reward")
+def inspect_reward(run: str = typer.Argument("latest", help="Run folder or id under runs/reward/ (`latest`).")) -> None:
+    """Print a reward run's evaluation report: accuracy by slice, calibration, length bias, misranked pairs."""
+    from rlhf.runs import read_json, resolve_run
+
+    run_dir = resolve_run("reward", run)
+    if not (run_dir / "eval_report.json").exists():
+        raise WorkbenchError(f"{run_dir} has no eval_report.json (no held-out split, or the run did not finish)")
+    r = read_json(run_dir / "eval_report.json")
+    out.print(
+        f"[bold]{run_dir}[/]  held-out pairs {r['pairs']}, accuracy {_pct(r['accuracy'])}, "
+        f"annotator agreement {_pct(r['annotator_agreement'])}"
+    )
+    for key, title in (
+        ("by_strength", "strength"),
+        ("by_category", "category"),
+        ("by_agreement", "agreement"),
+        ("position", "chosen side"),
+    ):
+        rows = [[k, v["n"], _pct(v["accuracy"])] for k, v in r[key].items()]
+        out.print(_table(f"accuracy by {title}", [title, "pairs", "accuracy"], rows))
+    cal = r["calibration"]
+    out.print(
+        _table(
+            f"calibration (ECE {cal['ece']:.3f})" if cal["ece"] is not None else "calibration",
+            ["P(chosen)", "n", "mean predicted", "observed"],
+            [
+                [f"{b['lo']:.1f}-{b['hi']:.1f}", b["n"], f"{b['mean_predicted']:.2f}", f"{b['observed']:.2f}"]
+                for b in cal["bins"]
+            ],
+        )
+    )
+    lb = r["length_bias"]
+    corr = lb["pearson_reward_length"]
+    out.print(
+        f"length bias: corr(reward, length) = {'n/a' if corr is None else f'{corr:+.2f}'}; accuracy when "
+        f"chosen is shorter {_pct(lb['chosen_shorter']['accuracy'])} (n={lb['chosen_shorter']['n']}), "
+        f"longer {_pct(lb['chosen_longer']['accuracy'])} (n={lb['chosen_longer']['n']})"
+    )
+    mis = r["misranked"][:10]
+    out.print(
+        _table(
+            f"misranked pairs (worst first; {r['misranked_total']} in all)",
+            ["comparison", "gap", "prompt", "chosen", "rejected"],
+            [
+                [m["comparison_id"], f"{m['gap']:.2f}", m["prompt"][:40], m["chosen"][:40], m["rejected"][:40]]
+                for m in mis
+            ],
+        )
+    )
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -282,9 +407,21 @@ def demo(
     store.init()
     _print_import("demo prompts", import_prompts(store, DEMO_PROMPTS, source="demo"))
     generate(
-        model=model, limit=limit, category=None, greedy=False, temperature=0.8, top_k=50, top_p=0.95,
-        max_new_tokens=max_new_tokens, num_candidates=2, seed=0, batch_size=8, overlap=None, round=0,
-        dtype="auto", device="auto",
+        model=model,
+        limit=limit,
+        category=None,
+        greedy=False,
+        temperature=0.8,
+        top_k=50,
+        top_p=0.95,
+        max_new_tokens=max_new_tokens,
+        num_candidates=2,
+        seed=0,
+        batch_size=8,
+        overlap=None,
+        round=0,
+        dtype="auto",
+        device="auto",
     )
     if not any(a.role == "admin" and a.active for a in store.list_annotators()):
         a, token = store.add_annotator("admin", role="admin")

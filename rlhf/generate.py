@@ -129,7 +129,9 @@ def generate_responses(
             stop = next((j for j, t in enumerate(ids) if t in eos_ids), None)
             kept = ids[:stop] if stop is not None else ids
             text = tok.decode(kept, skip_special_tokens=True).strip()
-            row.append(Generated(text, len(kept) + (1 if stop is not None else 0), "eos" if stop is not None else "length"))
+            row.append(
+                Generated(text, len(kept) + (1 if stop is not None else 0), "eos" if stop is not None else "length")
+            )
         results.append(row)
     return results
 
@@ -185,9 +187,7 @@ def generate_candidates(
         outs = generate_responses(lm, tok, [p.content for p in batch], settings, seed)
         report.seconds += time.perf_counter() - t0
         for prompt, gens in zip(batch, outs):
-            recs = [
-                CompletionRecord(g.text, model_label, recorded, seed, g.num_tokens, g.finish_reason) for g in gens
-            ]
+            recs = [CompletionRecord(g.text, model_label, recorded, seed, g.num_tokens, g.finish_reason) for g in gens]
             n_comp, n_pairs = store.add_candidates(prompt.id, recs, required_labels=required_labels, round=round)
             k = len(recs)
             report.prompts += 1
@@ -197,6 +197,10 @@ def generate_candidates(
             report.new_tokens += sum(g.num_tokens for g in gens)
         if progress:
             progress(min(start + len(batch), len(todo)), len(todo))
-    log.info("generated %d completions for %d prompts at %.1f tokens/s", report.completions, report.prompts,
-             report.tokens_per_s)
+    log.info(
+        "generated %d completions for %d prompts at %.1f tokens/s",
+        report.completions,
+        report.prompts,
+        report.tokens_per_s,
+    )
     return report

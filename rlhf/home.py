@@ -30,8 +30,7 @@ def ensure_home() -> Path:
             (home / sub).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WorkbenchError(
-            f"cannot create the data home {home}: {e.strerror}. "
-            "Set RLHF_HOME to a folder you can write to."
+            f"cannot create the data home {home}: {e.strerror}. Set RLHF_HOME to a folder you can write to."
         ) from e
     return home
 

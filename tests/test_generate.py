@@ -30,11 +30,19 @@ def test_settings_report_every_problem_at_once():
 
 def test_recorded_settings_drop_sampling_knobs_for_greedy():
     assert GenerationSettings(do_sample=False, num_candidates=1, max_new_tokens=5, seed=3).recorded() == {
-        "do_sample": False, "max_new_tokens": 5, "num_candidates": 1, "seed": 3,
+        "do_sample": False,
+        "max_new_tokens": 5,
+        "num_candidates": 1,
+        "seed": 3,
     }
     assert GenerationSettings().recorded() == {
-        "do_sample": True, "temperature": 0.8, "top_k": 50, "top_p": 0.95, "max_new_tokens": 128,
-        "num_candidates": 2, "seed": 0,
+        "do_sample": True,
+        "temperature": 0.8,
+        "top_k": 50,
+        "top_p": 0.95,
+        "max_new_tokens": 128,
+        "num_candidates": 2,
+        "seed": 0,
     }
 
 
@@ -97,6 +105,10 @@ def test_identical_responses_are_not_stored_as_a_pair(store, tiny_model_dir, mon
 def test_progress_is_reported_per_batch(store, tiny_model_dir):
     store.add_prompts([PromptRecord(f"prompt number {i}") for i in range(5)])
     seen = []
-    generate_candidates(store, str(tiny_model_dir), GenerationSettings(max_new_tokens=2, batch_size=2),
-                        progress=lambda d, t: seen.append((d, t)))
+    generate_candidates(
+        store,
+        str(tiny_model_dir),
+        GenerationSettings(max_new_tokens=2, batch_size=2),
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]

@@ -126,6 +126,11 @@ def test_embedded_smollm2_converts_once_then_loads_fast(home):
     assert cached < first  # conversion happened once; the cache loads from safetensors
     assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id == 0 and tok.eos_token == "<|im_end|>"
     assert model.config.num_hidden_layers == 30 and model.dtype.is_floating_point
-    out = generate_responses(model, tok, ["What is the capital of France?"],
-                             GenerationSettings(do_sample=False, num_candidates=1, max_new_tokens=12), seed=0)
+    out = generate_responses(
+        model,
+        tok,
+        ["What is the capital of France?"],
+        GenerationSettings(do_sample=False, num_candidates=1, max_new_tokens=12),
+        seed=0,
+    )
     assert "Paris" in out[0][0].text

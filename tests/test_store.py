@@ -126,7 +126,12 @@ def test_one_label_per_comparison_and_annotator_in_the_database(store):
 
 @pytest.mark.parametrize(
     "fields",
-    [{"choice": "C"}, {"choice": "A", "strength": 4}, {"choice": "A", "status": "draft"}, {"choice": "A", "shown_left": "X"}],
+    [
+        {"choice": "C"},
+        {"choice": "A", "strength": 4},
+        {"choice": "A", "status": "draft"},
+        {"choice": "A", "shown_left": "X"},
+    ],
 )
 def test_check_constraints_reject_impossible_rows(store, fields):
     cid = seed_pair(store)

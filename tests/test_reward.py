@@ -1,0 +1,283 @@
+"""Reward model: training learns an easy preference, saves a reloadable model, and the report is right."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from reward_data import marker_export
+
+from rlhf.errors import ValidationError, WorkbenchError
+from rlhf.reward import (
+    RewardOptions,
+    build_eval_report,
+    build_reward_config,
+    encode_pair_side,
+    load_reward_model,
+    score_sequences,
+    strength_bucket,
+    to_conversational,
+    train_reward,
+)
+from rlhf.runs import MetricsLog, read_json
+
+FAST = {"learning_rate": 3e-3, "num_train_epochs": 6, "eval_steps": 10, "save_steps": 10, "logging_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    """One tiny reward run on the marker task, shared by the tests that read its outputs."""
+    import os
+
+    tmp = tmp_path_factory.mktemp("reward")
+    old = os.environ.get("RLHF_HOME")
+    os.environ["RLHF_HOME"] = str(tmp / "home")
+    try:
+        from rlhf.store import Store
+
+        store = Store()
+        store.init()
+        export = marker_export(store, tmp)
+        run = train_reward(export, RewardOptions(model=str(tiny_model_dir), early_stopping_patience=0), FAST)
+        return run, export
+    finally:
+        os.environ.pop("RLHF_HOME") if old is None else os.environ.__setitem__("RLHF_HOME", old)
+
+
+def test_training_goes_from_chance_to_near_perfect(trained):
+    run, _ = trained
+    s = read_json(run / "summary.json")
+    # An untrained head is far from perfect (every pair differs the same way, so a random head
+    # is consistently right or wrong on most of them: "chance" here is not exactly 0.5).
+    assert s["eval_accuracy_before"] < 0.9
+    assert s["eval_accuracy"] >= 0.95 and s["eval_accuracy"] > s["eval_accuracy_before"]
+    assert s["dropped_too_long"] == {"train": 0, "test": 0}
+    assert s["train_pairs"] + s["test_pairs"] == 80
+
+
+def test_run_folder_holds_config_metrics_stats_and_report(trained):
+    run, export = trained
+    cfg = read_json(run / "config.json")
+    assert cfg["export_dir"] == str(export.resolve())
+    assert cfg["export_rows_sha256"] == read_json(export / "manifest.json")["rows_sha256"]
+    assert cfg["trl"]["learning_rate"] == 3e-3 and cfg["trl"]["gradient_checkpointing"] is False
+    metrics = MetricsLog(run).read()
+    train_steps = [m for m in metrics if "loss" in m]
+    assert train_steps and all({"accuracy", "margin", "mean_reward"} <= m.keys() for m in train_steps)
+    assert any("eval_accuracy" in m for m in metrics)
+    assert train_steps[-1]["loss"] < train_steps[0]["loss"]
+    stats = read_json(run / "reward_stats.json")
+    assert stats["n_responses"] == 2 * read_json(run / "summary.json")["train_pairs"] and stats["reward_std"] > 0
+
+
+def test_saved_model_reloads_and_gives_the_same_scores(trained):
+    import datasets
+    from transformers import AutoModelForSequenceClassification
+
+    run, export = trained
+    model, tok = load_reward_model(run)
+    plain = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert math.isclose(plain.config.reward_mean, read_json(run / "reward_stats.json")["reward_mean"])
+    test = to_conversational(datasets.load_from_disk(str(export))["test"])
+    seqs = [encode_pair_side(tok, ex["prompt"], ex["chosen"]) for ex in test]
+    a = score_sequences(model, seqs, tok.pad_token_id)
+    b = score_sequences(plain.eval(), seqs, tok.pad_token_id, batch_size=1)  # no padding at all
+    assert all(abs(x - y) < 1e-4 for x, y in zip(a, b))
+    report = read_json(run / "eval_report.json")
+    # The report's accuracy is recomputable from the reloaded model.
+    rej = [encode_pair_side(tok, ex["prompt"], ex["rejected"]) for ex in test]
+    r = score_sequences(model, rej, tok.pad_token_id)
+    assert report["accuracy"] == sum(x > y for x, y in zip(a, r)) / len(a)
+
+
+def test_encoding_matches_what_trl_trains_on(tiny_model_dir, tmp_path, store):
+    """Our scorer must see exactly the token ids TRL's RewardTrainer trained on."""
+    import datasets
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from rlhf.models import load_tokenizer
+
+    export = marker_export(store, tmp_path, n=8, test_fraction=0.0)
+    for convert in (True, False):
+        ds = datasets.load_from_disk(str(export))["train"]
+        ds = to_conversational(ds) if convert else ds
+        tok = load_tokenizer(tiny_model_dir, padding_side="right")
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+        args = RewardConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to=[], max_steps=1)
+        prepared = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok).train_dataset
+        for ex, prep in zip(ds, prepared):
+            assert encode_pair_side(tok, ex["prompt"], ex["chosen"]) == prep["chosen_ids"]
+            assert encode_pair_side(tok, ex["prompt"], ex["rejected"]) == prep["rejected_ids"]
+
+
+def test_lora_training_changes_every_trainable_parameter(tiny_model_dir, tmp_path, store):
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.models import load_tokenizer
+    from rlhf.reward import _trainer_class, load_export
+
+    export = marker_export(store, tmp_path, n=16, test_fraction=0.0)
+    ds, _ = load_export(export)
+    tok = load_tokenizer(tiny_model_dir, padding_side="right")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    args = build_reward_config(
+        RewardOptions(lora=True), {"logging_steps": 1}, tmp_path / "o", has_eval=False, max_steps=3
+    )
+    assert args.learning_rate == 2e-4 and args.train_sampling_strategy == "group_by_length"
+    peft = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=["score"])
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=to_conversational(ds["train"]), processing_class=tok, peft_config=peft
+    )
+    trainer.train_dataset = trainer.train_dataset.map(lambda ex: {"length": len(ex["chosen_ids"])})
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in before) and any("score" in n for n in before)
+    trainer.train()
+    for n, p in trainer.model.named_parameters():
+        if n in before:
+            assert not torch.equal(before[n], p.detach()), f"{n} did not change"
+
+
+def test_unknown_and_bad_config_values_are_refused_together(tmp_path):
+    with pytest.raises(ValidationError) as e:
+        build_reward_config(RewardOptions(), {"learnin_rate": 1, "max_lenght": 2}, tmp_path, has_eval=False)
+    assert len(e.value.problems) == 2 and "learnin_rate" in str(e.value)
+    with pytest.raises(ValidationError, match="`learning_rate` must be > 0"):
+        build_reward_config(RewardOptions(), {"learning_rate": -1.0}, tmp_path, has_eval=False)
+    with pytest.raises(ValidationError) as e:
+        train_reward(tmp_path, RewardOptions(precision="fp8", lora_r=0))
+    assert len(e.value.problems) == 2
+
+
+def test_non_export_folder_is_refused(tmp_path, home):
+    with pytest.raises(WorkbenchError, match="not an export folder"):
+        train_reward(tmp_path)
+
+
+def test_over_length_pairs_are_counted(tiny_model_dir, tmp_path, store):
+    import datasets
+
+    from rlhf.models import load_tokenizer
+
+    export = marker_export(store, tmp_path, n=24)
+    tok = load_tokenizer(tiny_model_dir, padding_side="right")
+    train = to_conversational(datasets.load_from_disk(str(export))["train"])
+    longest = sorted(
+        max(
+            len(encode_pair_side(tok, ex["prompt"], ex["chosen"])),
+            len(encode_pair_side(tok, ex["prompt"], ex["rejected"])),
+        )
+        for ex in train
+    )
+    limit = longest[len(longest) // 2]  # the median: about half the pairs are too long
+    expected = sum(n > limit for n in longest)
+    run = train_reward(
+        export, RewardOptions(model=str(tiny_model_dir), early_stopping_patience=0), {"max_length": limit}, max_steps=1
+    )
+    s = read_json(run / "summary.json")
+    assert expected > 0 and s["dropped_too_long"]["train"] == expected
+    assert s["train_pairs"] == len(train) - expected
+
+
+# -- the report, against hand-computed values ------------------------------------------------
+
+
+def row(rc, rr, **kw):
+    base = {
+        "r_chosen": rc,
+        "r_rejected": rr,
+        "margin": 2.0,
+        "category": "a",
+        "agreement": 1.0,
+        "num_labels": 1,
+        "chosen_side": "A",
+        "len_chosen": 10,
+        "len_rejected": 20,
+        "comparison_id": 0,
+        "prompt": "p",
+        "chosen": "c",
+        "rejected": "r",
+    }
+    return base | kw
+
+
+def test_report_accuracy_by_slices():
+    rows = [
+        row(1.0, 0.0, margin=3.0, category="a", chosen_side="A"),
+        row(0.0, 1.0, margin=3.0, category="a", chosen_side="B", comparison_id=1),
+        row(2.0, 0.0, margin=0.4, category="b", chosen_side="B", num_labels=3, agreement=1.0),
+        row(0.0, 0.5, margin=None, category=None, num_labels=3, agreement=2 / 3, comparison_id=3),
+    ]
+    r = build_eval_report(rows)
+    assert r["pairs"] == 4 and r["accuracy"] == 0.5  # rows 0 and 2 right
+    assert r["by_strength"] == {
+        "significantly better": {"n": 2, "accuracy": 0.5},
+        "negligibly better": {"n": 1, "accuracy": 1.0},  # 0.4 rounds to 0
+        "unknown": {"n": 1, "accuracy": 0.0},
+    }
+    assert r["by_category"] == {
+        "(none)": {"n": 1, "accuracy": 0.0},
+        "a": {"n": 2, "accuracy": 0.5},
+        "b": {"n": 1, "accuracy": 1.0},
+    }
+    assert r["by_agreement"]["single"] == {"n": 2, "accuracy": 0.5, "annotator_agreement": 1.0}
+    assert r["by_agreement"]["unanimous"]["accuracy"] == 1.0
+    assert r["by_agreement"]["split"] == {"n": 1, "accuracy": 0.0, "annotator_agreement": 2 / 3}
+    assert r["annotator_agreement"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert r["position"] == {"A": {"n": 2, "accuracy": 0.5}, "B": {"n": 2, "accuracy": 0.5}}
+    # Misranked, worst first: row 1 (gap 1.0) before row 3 (gap 0.5).
+    assert [m["comparison_id"] for m in r["misranked"]] == [1, 3] and r["misranked"][0]["gap"] == 1.0
+    assert r["misranked_total"] == 2
+
+
+def test_report_calibration_hand_computed():
+    # Two pairs with r_c - r_r = ln 3 -> P(chosen) = 0.75, observed chosen: the points are
+    # (0.75, 1) x2 and (0.25, 0) x2. Bins 0.2-0.3: predicted 0.25, observed 0; 0.7-0.8: 0.75 vs 1.
+    # ECE = (2 * |0.25 - 0| + 2 * |0.75 - 1|) / 4 = 0.25.
+    r = build_eval_report([row(math.log(3), 0.0), row(math.log(3) + 1, 1.0)])
+    bins = r["calibration"]["bins"]
+    assert [(b["lo"], b["n"]) for b in bins] == [(0.2, 2), (0.7, 2)]
+    assert bins[0]["mean_predicted"] == pytest.approx(0.25) and bins[0]["observed"] == 0.0
+    assert bins[1]["mean_predicted"] == pytest.approx(0.75) and bins[1]["observed"] == 1.0
+    assert r["calibration"]["ece"] == pytest.approx(0.25)
+
+
+def test_report_length_bias_hand_computed():
+    # Rewards equal to lengths / 10: perfectly correlated (pearson 1).
+    rows = [row(1.0, 2.0, len_chosen=10, len_rejected=20), row(3.0, 0.5, len_chosen=30, len_rejected=5)]
+    lb = build_eval_report(rows)["length_bias"]
+    assert lb["pearson_reward_length"] == pytest.approx(1.0)
+    assert lb["chosen_shorter"] == {"n": 1, "accuracy": 0.0}  # shorter chosen lost
+    assert lb["chosen_longer"] == {"n": 1, "accuracy": 1.0}
+    assert lb["equal_length"] == 0
+
+
+def test_strength_bucket_names():
+    assert [strength_bucket(m) for m in (0, 0.5, 1.49, 2, 2.5, 7, None)] == [
+        "negligibly better",
+        "slightly better",
+        "slightly better",
+        "better",
+        "significantly better",
+        "significantly better",
+        "unknown",
+    ]
+
+
+@pytest.mark.slow
+def test_smollm2_lora_short_run(home, tmp_path, store):
+    export = marker_export(store, tmp_path, n=24)
+    run = train_reward(
+        export,
+        RewardOptions(model="default", lora=True, early_stopping_patience=0),
+        {"max_length": 256, "per_device_train_batch_size": 4},
+        max_steps=3,
+    )
+    s = read_json(run / "summary.json")
+    assert s["global_step"] == 3 and math.isfinite(s["train_loss"])
+    model, tok = load_reward_model(run)
+    assert model.config.num_labels == 1 and not hasattr(model, "peft_config")  # adapters merged
+    assert (run / "eval_report.json").exists()
