@@ -130,3 +130,24 @@ def test_models_prepare_and_list_the_embedded_model(home, capsys):
     code, out, _ = run(capsys, "models", "list")
     assert "smollm2-135m-instruct" in out and "yes" in out
     assert Path(home / "models" / "smollm2-135m-instruct" / "model.safetensors").exists()
+
+
+def test_train_reward_then_inspect(home, tmp_path, capsys):
+    from reward_data import write_marker_preferences
+
+    config = Path(__file__).parents[1] / "pipelines" / "configs" / "tiny_reward.yaml"
+    run(capsys, "init")
+    run(capsys, "preferences", "import", str(write_marker_preferences(tmp_path / "prefs.jsonl", 40)))
+    export = tmp_path / "export"
+    assert run(capsys, "export", str(export), "--test-fraction", "0.25")[0] == 0
+    code, out, err = run(
+        capsys, "train-reward", str(export), "--config", str(config), "--max-steps", "4", "--set", "logging_steps=1"
+    )
+    assert code == 0, err
+    assert "reward run:" in out and "steps 4" in out
+    code, out, _ = run(capsys, "inspect", "reward", "latest")
+    assert code == 0 and "accuracy by strength" in out and "calibration" in out and "length bias" in out
+    code, _, err = run(capsys, "train-reward", str(export), "--set", "learnig_rate=1")
+    assert code == 2 and "unknown option `learnig_rate`" in err
+    code, _, err = run(capsys, "inspect", "reward", "no-such-run")
+    assert code == 2 and "no reward run" in err
