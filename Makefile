@@ -44,11 +44,7 @@ test-fast: setup
 demo: setup
 	$(VENV)/bin/rlhf models prepare default
 	$(VENV)/bin/rlhf demo
-	@if [ -f labeling_ui/streamlit_app.py ]; then \
-		$(MAKE) --no-print-directory app; \
-	else \
-		echo "Next: label with the app (coming), or export: $(VENV)/bin/rlhf export"; \
-	fi
+	@$(MAKE) --no-print-directory app
 
 app: setup
 	@echo "Labeling app: http://127.0.0.1:$(APP_PORT)/?token=$$(cat $(RLHF_HOME)/admin-token.txt 2>/dev/null)"
