@@ -1,8 +1,8 @@
 """Entry point: `streamlit run labeling_ui/streamlit_app.py` (store from RLHF_HOME / RLHF_DB_URL).
 
 Logs the visitor in (a `?token=` link or the form), then offers only the pages their role may see:
-annotators get the labeling page; admins also get project, annotator, quality and data pages. Each
-admin page checks the role again itself.
+annotators get the labeling page; admins also get project, annotator, quality, data and reward-model
+pages. Each admin page checks the role again itself.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ else:
             ),
             st.Page("app_pages/quality.py", title="Quality", icon=":material/insights:", url_path="quality"),
             st.Page("app_pages/data.py", title="Data", icon=":material/table_view:", url_path="data"),
+            st.Page(
+                "app_pages/reward.py", title="Reward model", icon=":material/model_training:", url_path="reward"
+            ),
         ]
         page = st.navigation({"Labeling": [label], "Admin": admin})
     else:
