@@ -51,7 +51,7 @@ def new_run_dir(kind: str, name: str | None = None) -> Path:
 def resolve_run(kind: str, run: str | Path) -> Path:
     """A run folder from a path or an id under `runs/<kind>/` (`latest` = the newest)."""
     p = Path(run)
-    if p.is_dir():
+    if p.is_dir() and (p / "config.json").exists():  # an explicit path to a run folder
         return p.resolve()
     root = runs_dir(kind)
     if str(run) == "latest":
