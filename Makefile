@@ -34,8 +34,10 @@ browser-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# The store tests also run against a throw-away PostgreSQL on 127.0.0.1 (skipped where none can start).
 test: setup browser-deps
-	$(VENV)/bin/pytest -q
+	@PGENV=$$(scripts/pg-test-server start 2>/dev/null) || echo "PostgreSQL unavailable: its store tests will be skipped"; \
+	eval "$$PGENV"; $(VENV)/bin/pytest -q
 
 # Unit tests only (no embedded model, no browser): the inner loop while coding.
 test-fast: setup

@@ -130,7 +130,14 @@ class Store:
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads see one consistent snapshot (SQLite's WAL gives that per transaction; PostgreSQL's
+        # default READ COMMITTED would not: a queue decision made from two queries could mix states).
+        reads = (
+            self.engine
+            if self.engine.dialect.name == "sqlite"
+            else self.engine.execution_options(isolation_level="REPEATABLE READ")
+        )
+        self._sessions = sessionmaker(reads, expire_on_commit=False)
         self._writes = sessionmaker(self.engine.execution_options(rlhf_write=True), expire_on_commit=False)
 
     @property
@@ -455,9 +462,7 @@ class Store:
     @staticmethod
     def _refresh_status(s: Session, comp: Comparison) -> None:
         n = s.scalar(
-            select(func.count())
-            .select_from(Label)
-            .where(Label.comparison_id == comp.id, Label.status == "submitted")
+            select(func.count()).select_from(Label).where(Label.comparison_id == comp.id, Label.status == "submitted")
         )
         comp.status = "completed" if n >= comp.required_labels else "pending"
 
@@ -480,12 +485,8 @@ class Store:
                 "comparisons_completed": n(
                     select(func.count()).select_from(Comparison).where(Comparison.status == "completed")
                 ),
-                "labels_submitted": n(
-                    select(func.count()).select_from(Label).where(Label.status == "submitted")
-                ),
-                "labels_discarded": n(
-                    select(func.count()).select_from(Label).where(Label.status == "discarded")
-                ),
+                "labels_submitted": n(select(func.count()).select_from(Label).where(Label.status == "submitted")),
+                "labels_discarded": n(select(func.count()).select_from(Label).where(Label.status == "discarded")),
                 "annotators": n(select(func.count()).select_from(Annotator).where(Annotator.active)),
             }
 

@@ -45,3 +45,31 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             os.environ.pop("RLHF_HOME", None)
         else:
             os.environ["RLHF_HOME"] = old
+
+
+PG_URL = os.environ.get("RLHF_TEST_PG_URL")  # set by `scripts/pg-test-server start` (CI does)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_store(request, home: Path):
+    """An initialised store on SQLite, then on PostgreSQL (skipped when no test server is set up).
+
+    Modules whose tests must hold on both backends override `store` with this fixture."""
+    from rlhf.store import Store
+
+    if request.param == "sqlite":
+        s = Store()
+    else:
+        if not PG_URL:
+            pytest.skip('no PostgreSQL test server: run `eval "$(scripts/pg-test-server start)"`')
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(PG_URL)
+        with engine.begin() as c:  # a clean database for every test
+            c.execute(text("DROP SCHEMA public CASCADE"))
+            c.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+        s = Store(PG_URL)
+    s.init()
+    yield s
+    s.engine.dispose()

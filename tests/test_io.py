@@ -22,6 +22,13 @@ from rlhf.io import (
 from rlhf.schema import Annotator, Comparison, Completion, Label, Prompt
 from rlhf.store import CompletionRecord, PromptRecord, content_hash
 
+
+@pytest.fixture
+def store(backend_store):
+    """Every test here runs on SQLite and on PostgreSQL (see conftest.backend_store)."""
+    return backend_store
+
+
 # ------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------
@@ -62,9 +69,7 @@ def test_read_prompts_jsonl_plain_chat_tags_split_unicode(tmp_path: Path) -> Non
         "prompts.jsonl",
         json.dumps({"prompt": "  Explain why the sky is blue.\n", "id": 7, "tags": ["science", " ", "sky "]})
         + "\n\n"  # a blank line is skipped
-        + json.dumps(
-            {"prompt": chat, "category": "geo", "split": "test", "source": "mine"}, ensure_ascii=False
-        )
+        + json.dumps({"prompt": chat, "category": "geo", "split": "test", "source": "mine"}, ensure_ascii=False)
         + "\n"
         + json.dumps({"messages": _msgs("user", "Write a haiku"), "id": "h-1"})
         + "\n",
@@ -73,9 +78,7 @@ def test_read_prompts_jsonl_plain_chat_tags_split_unicode(tmp_path: Path) -> Non
     assert recs == [
         # outer whitespace stripped; int id -> "7"; blank tag dropped, tags stripped; source = file name
         PromptRecord("Explain why the sky is blue.", "7", "prompts.jsonl", None, ["science", "sky"], None),
-        PromptRecord(
-            _msgs("system", "Be brief.", "user", "Größe von 日本?"), None, "mine", "geo", [], "test"
-        ),
+        PromptRecord(_msgs("system", "Be brief.", "user", "Größe von 日本?"), None, "mine", "geo", [], "test"),
         PromptRecord(_msgs("user", "Write a haiku"), "h-1", "prompts.jsonl", None, [], None),
     ]
     assert read_prompts(path, source="batch-2")[0].source == "batch-2"  # a row's own source still wins
@@ -83,9 +86,7 @@ def test_read_prompts_jsonl_plain_chat_tags_split_unicode(tmp_path: Path) -> Non
 
 
 def test_read_prompts_json_list(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path, "p.json", json.dumps([{"prompt": "a"}, {"messages": _msgs("user", "b")}], indent=2)
-    )
+    path = _write(tmp_path, "p.json", json.dumps([{"prompt": "a"}, {"messages": _msgs("user", "b")}], indent=2))
     assert [r.content for r in read_prompts(path)] == ["a", _msgs("user", "b")]
 
 
@@ -114,9 +115,7 @@ def test_read_prompts_datasets_dir(tmp_path: Path) -> None:
 
     DatasetDict(
         {
-            "train": Dataset.from_list(
-                [{"prompt": "tr-1", "split": None}, {"prompt": "tr-2", "split": "test"}]
-            ),
+            "train": Dataset.from_list([{"prompt": "tr-1", "split": None}, {"prompt": "tr-2", "split": "test"}]),
             "test": Dataset.from_list([{"prompt": "te-1", "split": None}]),
             "validation": Dataset.from_list([{"prompt": "va-1", "split": None}]),
         }
@@ -272,8 +271,7 @@ def test_all_problems_reported_at_once_in_file_order_and_nothing_written(store, 
     path = _write(
         tmp_path,
         "p.jsonl",
-        '{"prompt": "good one"}\n{"prompt": 5}\n{"prompt": "good two"}\nnope\n'
-        '{"prompt": "x", "split": "val"}\n',
+        '{"prompt": "good one"}\n{"prompt": 5}\n{"prompt": "good two"}\nnope\n{"prompt": "x", "split": "val"}\n',
     )
     with pytest.raises(ValidationError) as e:
         import_prompts(store, path)
@@ -455,8 +453,7 @@ BAD_PREFS = [
     ),
     (
         {"prompt": _msgs("user", "q"), "chosen": _msgs("user", "a"), "rejected": _msgs("assistant", "b")},
-        "p.jsonl line 1: field 'chosen' must hold the assistant reply to the prompt "
-        "(roles after the prompt: user)",
+        "p.jsonl line 1: field 'chosen' must hold the assistant reply to the prompt (roles after the prompt: user)",
     ),
     ({"prompt": 5, "chosen": "a", "rejected": "b"}, "p.jsonl line 1: field 'prompt' must be text or a list"),
 ]
@@ -558,18 +555,14 @@ def _comparison(
         pid = store.prompt_by_hash(s, prompt).id
     store.add_candidates(pid, [CompletionRecord(a, models[0]), CompletionRecord(b, models[1])], 3, round)
     with store.session() as s:
-        return s.scalar(
-            select(Comparison.id).where(Comparison.prompt_id == pid).order_by(Comparison.id.desc())
-        )
+        return s.scalar(select(Comparison.id).where(Comparison.prompt_id == pid).order_by(Comparison.id.desc()))
 
 
 @pytest.fixture
 def labelled(store):
     """Seven comparisons labelled by three annotators (ann1..ann3), one per prompt p1..p7."""
     ann = [store.add_annotator(f"ann{i}")[0].id for i in (1, 2, 3)]
-    c = [
-        _comparison(store, f"p{i}", f"A{i}", f"B{i}", category="cat" if i == 1 else None) for i in range(1, 8)
-    ]
+    c = [_comparison(store, f"p{i}", f"A{i}", f"B{i}", category="cat" if i == 1 else None) for i in range(1, 8)]
 
     def votes(cid, *vs):
         for annotator, v in zip(ann, vs, strict=False):
@@ -736,18 +729,12 @@ def test_export_conversational_and_text_refusal(store, tmp_path: Path) -> None:
     chat = _msgs("system", "Be brief.", "user", "Hi")
     for cid in (_comparison(store, "plain"), _comparison(store, chat)):
         store.save_label(cid, ann, "A", 3)
-    res = export_preferences(
-        store, tmp_path / "auto", ExportOptions(test_fraction=0)
-    )  # auto -> conversational
+    res = export_preferences(store, tmp_path / "auto", ExportOptions(test_fraction=0))  # auto -> conversational
     rows = _load(tmp_path / "auto")["train"]
     assert res.manifest["format"] == "conversational"
     assert [r["prompt"] for r in rows] == [_msgs("user", "plain"), chat]
-    assert rows[0]["chosen"] == _msgs("assistant", "ans A") and rows[0]["rejected"] == _msgs(
-        "assistant", "ans B"
-    )
-    with pytest.raises(
-        WorkbenchError, match=r"`format` 'text' cannot hold chat-message prompts \(prompt ids \[2\]"
-    ):
+    assert rows[0]["chosen"] == _msgs("assistant", "ans A") and rows[0]["rejected"] == _msgs("assistant", "ans B")
+    with pytest.raises(WorkbenchError, match=r"`format` 'text' cannot hold chat-message prompts \(prompt ids \[2\]"):
         export_preferences(store, tmp_path / "text", ExportOptions(format="text"))
     assert not (tmp_path / "text").exists()
     # the conversational export reads back as TRL conversational preferences (margin 3 -> strength 3)
@@ -808,9 +795,7 @@ def test_export_rounds_filter(store, tmp_path: Path) -> None:
     store.save_label(_comparison(store, "r1", round=1), ann, "B", 2)
     res = export_preferences(store, tmp_path / "r", ExportOptions(rounds=[1], test_fraction=0))
     assert res.counts["comparisons_considered"] == 1
-    assert [(r["prompt"], r["chosen_side"], r["margin"]) for r in _load(tmp_path / "r")["train"]] == [
-        ("r1", "B", 2.0)
-    ]
+    assert [(r["prompt"], r["chosen_side"], r["margin"]) for r in _load(tmp_path / "r")["train"]] == [("r1", "B", 2.0)]
 
 
 def test_export_refuses_overwrite_without_force(store, labelled, tmp_path: Path) -> None:
@@ -864,11 +849,7 @@ def test_labels_hash_traces_a_relabel(store, tmp_path: Path) -> None:
     store.discard_label(label.id, ann)
     store.save_label(cid, ann, "B")  # reuses the label row: same max id, same count
     second = export_preferences(store, tmp_path / "2", ExportOptions(test_fraction=0)).manifest["input"]
-    assert (
-        (first["max_label_id"], first["label_count"])
-        == (second["max_label_id"], second["label_count"])
-        == (1, 1)
-    )
+    assert (first["max_label_id"], first["label_count"]) == (second["max_label_id"], second["label_count"]) == (1, 1)
     assert first["labels_sha256"] != second["labels_sha256"]
     with store.session() as s:
         assert s.scalar(select(Label.choice)) == "B"

@@ -14,11 +14,15 @@ from rlhf.schema import Label
 from rlhf.store import ComparisonFilter, Store, shown_left_for
 
 
+@pytest.fixture
+def store(backend_store):
+    """Every test here runs on SQLite and on PostgreSQL (see conftest.backend_store)."""
+    return backend_store
+
+
 def _labels(store: Store, status: str = "submitted") -> list[tuple[int, int]]:
     with store.session() as s:
-        return list(
-            s.execute(select(Label.comparison_id, Label.annotator_id).where(Label.status == status)).tuples()
-        )
+        return list(s.execute(select(Label.comparison_id, Label.annotator_id).where(Label.status == status)).tuples())
 
 
 def test_next_comparison_loads_prompt_and_completions(store):

@@ -14,6 +14,12 @@ from rlhf.schema import Comparison, Label, Prompt
 from rlhf.store import CompletionRecord, PromptRecord, Store
 
 
+@pytest.fixture
+def store(backend_store):
+    """Every test here runs on SQLite and on PostgreSQL (see conftest.backend_store)."""
+    return backend_store
+
+
 def seed_pair(store: Store, required: int = 1) -> int:
     """One prompt, two distinct completions, one comparison; returns the comparison id."""
     store.add_prompts([PromptRecord("What is 2+2?", category="math")])
@@ -33,7 +39,13 @@ def test_init_creates_schema_and_is_idempotent(home):
     assert s.get_setting("overlap") == 1
 
 
+def sqlite_only(store):
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite-specific behaviour")
+
+
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(store):
+    sqlite_only(store)
     with store.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -65,7 +77,7 @@ def test_upgrade_runs_migrations_keeps_labels_and_backs_up(store, home, monkeypa
     monkeypatch.setitem(store_mod.MIGRATIONS, 1, add_column)
     assert store.init() == 2
     assert store.schema_version() == 2
-    assert (home / "rlhf.v1.bak").exists()
+    assert (home / "rlhf.v1.bak").exists() == (store.engine.dialect.name == "sqlite")  # SQLite is backed up
     with store.session() as s:
         assert s.execute(text("SELECT choice, strength, confidence FROM labels")).all() == [("A", 2, None)]
 
@@ -80,9 +92,9 @@ def test_failed_migration_changes_nothing(store, monkeypatch):
     with pytest.raises(RuntimeError):
         store.init()
     assert store.schema_version() == 1
-    with store.session() as s:
-        cols = [r[1] for r in s.execute(text("PRAGMA table_info(labels)"))]
-    assert "x" not in cols
+    from sqlalchemy import inspect
+
+    assert "x" not in [c["name"] for c in inspect(store.engine).get_columns("labels")]
 
 
 def test_prompts_are_deduplicated_by_content(store):
@@ -238,6 +250,7 @@ def test_uninitialised_store_says_run_init(home):
 def test_read_only_database_gives_clear_error_and_keeps_data(store, home):
     import os
 
+    sqlite_only(store)
     if os.geteuid() == 0:
         # root ignores file permissions; emulate with SQLite's read-only URI mode instead.
         ro = Store(f"sqlite:///file:{home / 'rlhf.db'}?mode=ro&uri=true")
