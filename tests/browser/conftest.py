@@ -126,6 +126,11 @@ def page(browser):
     pg = context.new_page()
     pg.dialogs = []
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
-    pg.set_default_timeout(15_000)
+    # Generous waits: a 2-core CI machine running the app, Chromium and pytest at once is slow, and
+    # Playwright's `expect` defaults to 5 s.
+    pg.set_default_timeout(30_000)
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
     yield pg
     context.close()
