@@ -303,7 +303,7 @@ def train_reward_cmd(
     """Train a reward model with TRL's RewardTrainer; writes runs/reward/<id>/ and prints a summary."""
     from rlhf.configs import build_options, parse_sets, read_yaml
     from rlhf.reward import RewardOptions, reward_config_fields, train_reward
-    from rlhf.runs import read_json
+    from rlhf.runs import is_main_process, read_json
 
     overrides = parse_sets(sets)
     if model is not None:
@@ -323,6 +323,8 @@ def train_reward_cmd(
         export_preferences(_store(), export_dir)
         out.print(f"exported the store to {export_dir}")
     run_dir = train_reward(export_dir, options, trl, max_steps=max_steps)
+    if not is_main_process():
+        return  # one report per launch
     s = read_json(run_dir / "summary.json")
     acc = "n/a" if s["eval_accuracy"] is None else f"{s['eval_accuracy']:.3f}"
     out.print(f"reward run: {run_dir}")
@@ -386,6 +388,87 @@ def inspect_reward(run: str = typer.Argument("latest", help="Run folder or id un
             ],
         )
     )
+
+
+# -- PPO -------------------------------------------------------------------------------------
+
+
+@app.command("ppo")
+def ppo_cmd(
+    reward: str = typer.Option("latest", "--reward", help="Reward run folder or id under runs/reward/ (`latest`)."),
+    policy: str | None = typer.Option(None, help="Starting policy; default: the config's, else `default`."),
+    prompts: Path | None = typer.Option(None, help="Prompt file (JSONL/CSV/datasets folder); default: the store's."),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML: our options + a `trl:` section of PPOConfig fields."
+    ),
+    max_steps: int | None = typer.Option(None, help="Stop after this many PPO steps (batches)."),
+    lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA on the policy, or full fine-tune."),
+    resume: str | None = typer.Option(None, help="Resume this PPO run (folder or id) from its last checkpoint."),
+    sets: list[str] | None = typer.Option(None, "--set", help="Override any option or PPOConfig field: KEY=VALUE."),
+) -> None:
+    """PPO fine-tuning of the policy against a reward model, with KL tracking and control."""
+    from rlhf.configs import build_options, parse_sets, read_yaml
+    from rlhf.ppo import PPOOptions, ppo_config_fields, train_ppo
+    from rlhf.runs import read_json, resolve_run
+
+    overrides = parse_sets(sets)
+    if policy is not None:
+        overrides["policy"] = policy
+    if lora is not None:
+        overrides["lora"] = lora
+    run_dir = None
+    if resume is not None:
+        run_dir = resolve_run("ppo", resume)
+        overrides["resume"] = True
+        if config is None and (run_dir / "config.json").exists():
+            saved = read_json(run_dir / "config.json")
+            config_data = {**saved.get("options", {}), "trl": saved.get("trl_overrides", {})}
+        else:
+            config_data = read_yaml(config) if config else {}
+    else:
+        config_data = read_yaml(config) if config else {}
+    options, trl = build_options(PPOOptions, config_data, overrides, ppo_config_fields(), "PPO config")
+    store = None if prompts is not None else _store()
+    out_dir = train_ppo(
+        resolve_run("reward", reward), options, trl, max_steps=max_steps, prompts=prompts, store=store, run_dir=run_dir
+    )
+    s = read_json(out_dir / "summary.json")
+    out.print(f"PPO run: {out_dir}")
+    out.print(json.dumps({k: v for k, v in s.items() if not isinstance(v, (dict, list))}, indent=1))
+
+
+@inspect_app.command("ppo")
+def inspect_ppo(run: str = typer.Argument("latest", help="Run folder or id under runs/ppo/ (`latest`).")) -> None:
+    """Print a PPO run's before/after report and its last metrics."""
+    from rlhf.runs import MetricsLog, read_json, resolve_run
+
+    run_dir = resolve_run("ppo", run)
+    out.print(f"[bold]{run_dir}[/]")
+    if (run_dir / "summary.json").exists():
+        s = read_json(run_dir / "summary.json")
+        out.print(
+            _table("summary", ["what", "value"], [[k, v] for k, v in s.items() if not isinstance(v, (dict, list))])
+        )
+    if (run_dir / "report.json").exists():
+        r = read_json(run_dir / "report.json")
+        out.print(
+            _table(
+                "reference vs tuned policy (held-out prompts)",
+                ["what", "value"],
+                [[k, v] for k, v in r.items() if not isinstance(v, (dict, list))],
+            )
+        )
+    rows = MetricsLog(run_dir).read()
+    keys = ["objective/kl", "objective/scores", "objective/rlhf_reward", "kl/coef", "objective/entropy"]
+    last = [m for m in rows if "objective/kl" in m][-5:]
+    if last:
+        out.print(
+            _table("last steps", ["step", *keys], [[m.get("step"), *[_fmt(m.get(k)) for k in keys]] for m in last])
+        )
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 # -- demo ------------------------------------------------------------------------------------

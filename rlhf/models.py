@@ -171,10 +171,20 @@ def is_ready(path: Path) -> bool:
 
 def prepare_registry_model(name: str, force: bool = False) -> Path:
     """Build a registry model into the data home once; an interrupted build is redone, never used."""
+    from filelock import FileLock
+
     entry = REGISTRY[canonical_name(name)]
     out = models_dir() / entry.name
     if is_ready(out) and not force:
         return out
+    # One builder at a time: the processes of a distributed launch (or two commands) may all ask.
+    with FileLock(str(out.with_name(f".{entry.name}.lock"))):
+        if is_ready(out) and not force:
+            return out  # another process built it while we waited
+        return _build_registry_model(entry, out)
+
+
+def _build_registry_model(entry: RegistryEntry, out: Path) -> Path:
     tmp = out.with_name(f".{entry.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

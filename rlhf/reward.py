@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import ValidationError, WorkbenchError
-from rlhf.runs import folder_hash, metrics_callback, new_run_dir, read_json, write_json
+from rlhf.runs import folder_hash, is_main_process, metrics_callback, new_shared_run_dir, read_json, write_json
 from rlhf.schema import STRENGTHS
 
 log = logging.getLogger(__name__)
@@ -446,8 +446,11 @@ def train_reward(
         train_raw = train_raw.select(range(min(options.max_pairs, len(train_raw))))
     has_eval = eval_raw is not None and len(eval_raw) > 0
     model_path = resolve_model(options.model)
-    run_dir = run_dir or new_run_dir("reward", options.name)
-    args = build_reward_config(options, overrides, run_dir / "checkpoints", has_eval, max_steps)
+    # The config first: creating it joins the process group of a distributed launch, which
+    # new_shared_run_dir needs to give every process the same folder.
+    args = build_reward_config(options, overrides, Path("pending"), has_eval, max_steps)
+    run_dir = run_dir or new_shared_run_dir("reward", options.name)
+    args.output_dir = str(run_dir / "checkpoints")
 
     # 1) data: chat format for chat models, margin scaled (or dropped).
     tok = load_tokenizer(model_path, padding_side="right")
@@ -472,7 +475,8 @@ def train_reward(
         "export_counts": manifest.get("counts"),
         "model_path": str(model_path),
     }
-    write_json(run_dir / "config.json", config)
+    if is_main_process():  # one writer in a multi-process launch
+        write_json(run_dir / "config.json", config)
 
     # 2) model: the policy base + a scalar head (InstructGPT style).
     torch.manual_seed(args.seed)

@@ -48,6 +48,27 @@ def new_run_dir(kind: str, name: str | None = None) -> Path:
     raise WorkbenchError(f"cannot create a run folder under {root}")
 
 
+def new_shared_run_dir(kind: str, name: str | None = None) -> Path:
+    """`new_run_dir` for every process of a distributed launch (torchrun / accelerate): the main
+    process creates the folder and the others receive its path, so a run has one folder.
+    Call it after the training config exists: creating that joins the process group (gloo on CPU);
+    a bare PartialState() first would fix a non-distributed state for the whole process."""
+    from accelerate import PartialState
+
+    state = PartialState()  # joins the process group when launched with several processes
+    if state.num_processes == 1:
+        return new_run_dir(kind, name)
+    import torch.distributed as dist
+
+    box = [str(new_run_dir(kind, name)) if state.is_main_process else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_run(kind: str, run: str | Path) -> Path:
     """A run folder from a path or an id under `runs/<kind>/` (`latest` = the newest)."""
     p = Path(run)

@@ -86,3 +86,25 @@ def test_pipeline_script_help_is_fast():
     script = Path(__file__).parents[1] / "pipelines" / "train_reward.py"
     r = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "EXPORT_DIR" in r.stdout.upper()
+
+
+ACCELERATE = sorted((Path(__file__).parents[1] / "pipelines" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=[p.name for p in ACCELERATE])
+def test_accelerate_configs_parse_with_accelerate(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    expected = {
+        "single_gpu": "NO",
+        "multi_gpu": "MULTI_GPU",
+        "deepspeed_zero2": "DEEPSPEED",
+        "deepspeed_zero3": "DEEPSPEED",
+        "fsdp": "FSDP",
+        "multi_cpu": "MULTI_CPU",
+    }[path.stem]
+    assert cfg.distributed_type.value == expected
+    assert "accelerate launch --config_file pipelines/accelerate/" in path.read_text()
+    if expected == "DEEPSPEED":
+        assert cfg.deepspeed_config["zero_stage"] == int(path.stem[-1])
