@@ -395,7 +395,9 @@ def inspect_reward(run: str = typer.Argument("latest", help="Run folder or id un
 
 @app.command("ppo")
 def ppo_cmd(
-    reward: str = typer.Option("latest", "--reward", help="Reward run folder or id under runs/reward/ (`latest`)."),
+    reward: str | None = typer.Option(
+        None, "--reward", help="Reward run folder or id under runs/reward/ (default: `latest`, or the resumed run's)."
+    ),
     policy: str | None = typer.Option(None, help="Starting policy; default: the config's, else `default`."),
     prompts: Path | None = typer.Option(None, help="Prompt file (JSONL/CSV/datasets folder); default: the store's."),
     config: Path | None = typer.Option(
@@ -423,6 +425,7 @@ def ppo_cmd(
         if config is None and (run_dir / "config.json").exists():
             saved = read_json(run_dir / "config.json")
             config_data = {**saved.get("options", {}), "trl": saved.get("trl_overrides", {})}
+            reward = reward or saved.get("reward_run")
         else:
             config_data = read_yaml(config) if config else {}
     else:
@@ -430,7 +433,13 @@ def ppo_cmd(
     options, trl = build_options(PPOOptions, config_data, overrides, ppo_config_fields(), "PPO config")
     store = None if prompts is not None else _store()
     out_dir = train_ppo(
-        resolve_run("reward", reward), options, trl, max_steps=max_steps, prompts=prompts, store=store, run_dir=run_dir
+        resolve_run("reward", reward or "latest"),
+        options,
+        trl,
+        max_steps=max_steps,
+        prompts=prompts,
+        store=store,
+        run_dir=run_dir,
     )
     s = read_json(out_dir / "summary.json")
     out.print(f"PPO run: {out_dir}")

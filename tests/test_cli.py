@@ -151,3 +151,36 @@ def test_train_reward_then_inspect(home, tmp_path, capsys):
     assert code == 2 and "unknown option `learnig_rate`" in err
     code, _, err = run(capsys, "inspect", "reward", "no-such-run")
     assert code == 2 and "no reward run" in err
+
+
+def test_ppo_then_inspect_then_resume(home, tmp_path, capsys):
+    from reward_data import write_marker_preferences
+
+    configs = Path(__file__).parents[1] / "pipelines" / "configs"
+    run(capsys, "init")
+    run(capsys, "preferences", "import", str(write_marker_preferences(tmp_path / "prefs.jsonl", 40)))
+    export = tmp_path / "export"
+    run(capsys, "export", str(export), "--test-fraction", "0.25")
+    assert (
+        run(capsys, "train-reward", str(export), "--config", str(configs / "tiny_reward.yaml"), "--max-steps", "2")[0]
+        == 0
+    )
+    code, out, err = run(
+        capsys, "ppo", "--config", str(configs / "tiny_ppo.yaml"), "--max-steps", "2", "--set", "save_steps=1"
+    )
+    assert code == 0, err
+    assert "PPO run:" in out
+    ppo_dir = Path(out.split("PPO run: ")[1].split()[0])
+    code, out, _ = run(capsys, "inspect", "ppo", "latest")
+    assert code == 0 and "objective/kl" in out and "kl/coef" in out
+    # Resume the finished run for two more steps: its saved options and reward run are reused.
+    code, out, err = run(capsys, "ppo", "--resume", str(ppo_dir), "--max-steps", "4")
+    assert code == 0, err
+    steps = [
+        json.loads(x)["step"]
+        for x in (ppo_dir / "metrics.jsonl").read_text().splitlines()
+        if "objective/kl" in json.loads(x)
+    ]
+    assert steps == [1, 2, 3, 4]
+    code, _, err = run(capsys, "ppo", "--set", "kl_target=-1")
+    assert code == 2 and "kl_target" in err
