@@ -161,6 +161,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=80)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--worker", choices=["ours", "trl"])
     ap.add_argument("--export")
     ap.add_argument("--out")
@@ -171,33 +172,43 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-reward-"))
     os.environ.setdefault("RLHF_HOME", str(Path("rlhf-data").resolve()))
     export = build_export(tmp, a.pairs)
-    results = {}
-    for kind in ("trl", "ours"):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            kind,
-            "--export",
-            str(export),
-            "--out",
-            str(tmp),
-            "--model",
-            a.model,
-            "--max-length",
-            str(a.max_length),
-            "--batch",
-            str(a.batch),
-        ]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        results[kind] = json.loads((tmp / f"{kind}.json").read_text())
-    t, o = results["trl"], results["ours"]
+    runs: dict[str, list[dict]] = {"trl": [], "ours": []}
+    for rep in range(a.repeats):  # alternate the two, so drifting machine load hits both alike
+        for kind in ("trl", "ours") if rep % 2 == 0 else ("ours", "trl"):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                kind,
+                "--export",
+                str(export),
+                "--out",
+                str(tmp),
+                "--model",
+                a.model,
+                "--max-length",
+                str(a.max_length),
+                "--batch",
+                str(a.batch),
+            ]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            runs[kind].append(json.loads((tmp / f"{kind}.json").read_text()))
+    res = {}
+    for kind, rs in runs.items():
+        res[kind] = {
+            **rs[-1],
+            "pairs_per_s": statistics.median(r["pairs_per_s"] for r in rs),
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in rs),
+            "heldout_accuracy": min(r["heldout_accuracy"] for r in rs),
+        }
+    t, o = res["trl"], res["ours"]
     print(
-        f"reward training, model {a.model}, {o['train_pairs']} train pairs, batch {a.batch}, max_length {a.max_length}"
+        f"reward training, model {a.model}, {o['train_pairs']} train pairs, batch {a.batch}, "
+        f"max_length {a.max_length}, {a.repeats} run(s) each (median; lowest accuracy)"
     )
     for r in (t, o):
         print(
-            f"  {r['kind']:5s}: {r['pairs_per_s']:.2f} pairs/s (median step, {r['steps']} steps), "
+            f"  {r['kind']:5s}: {r['pairs_per_s']:.2f} pairs/s (median step after warm-up), "
             f"peak RSS {r['peak_rss_gb']:.1f} GB, held-out accuracy {r['heldout_accuracy']:.3f}"
         )
     print(

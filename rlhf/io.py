@@ -240,6 +240,33 @@ def _csv_rows(path: Path, data: bytes) -> tuple[list[_Row], list[str] | None]:
     return rows, header
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(v: Any) -> str | None:
+    """What in a value no store can hold as text: NUL (PostgreSQL refuses it) or a lone surrogate
+    (JSON's `\\ud800` escapes decode to one; it has no UTF-8 encoding), or None."""
+    if isinstance(v, str):
+        m = _UNSTORABLE.search(v)
+        if m is None:
+            return None
+        if m.group() == "\x00":
+            return "a NUL character (\\u0000)"
+        return "a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)"
+    if isinstance(v, dict):
+        return next((w for w in map(_unstorable, [*v.keys(), *v.values()]) if w), None)
+    if isinstance(v, (list, tuple)):
+        return next((w for w in map(_unstorable, v) if w), None)
+    return None
+
+
+def _refuse_unstorable(row: _Row) -> _Row:
+    # Checked up front so such a file is refused with its line named, not by a database traceback.
+    if row.error is None and (what := _unstorable(row.data)):
+        return _error(row.where, f"contains {what}, which cannot be stored; remove it")
+    return row
+
+
 def _check_columns(
     path: Path, columns: list[str] | None, need_any: tuple[str, ...], problems: list[str]
 ) -> bool:
@@ -436,6 +463,7 @@ def read_prompts(path: Path, source: str | None = None) -> list[PromptRecord]:
     split named train/test becomes the prompt's `split` unless the row has one."""
     path = Path(path)
     rows, columns = _read_rows(path)
+    rows = [_refuse_unstorable(row) for row in rows]
     records: list[PromptRecord] = []
     problems: list[str] = []
     if _check_columns(path, columns, ("prompt", "messages"), problems):
@@ -533,6 +561,7 @@ def read_preferences(path: Path) -> list[PreferenceRecord]:
     """
     path = Path(path)
     rows, columns = _read_rows(path)
+    rows = [_refuse_unstorable(row) for row in rows]
     records: list[PreferenceRecord] = []
     problems: list[str] = []
     if _check_columns(path, columns, ("chosen",), problems):

@@ -113,7 +113,8 @@ def _sqlite_begin(conn: Any) -> None:
 class Store:
     """A handle on one preference database. Cheap to create; share one per process."""
 
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None, busy_timeout_s: float = 15.0):
+        """`busy_timeout_s` (SQLite): how long a writer waits for another's lock before a clear error."""
         self.url = url or default_db_url()
         parsed = make_url(self.url)
         if parsed.get_backend_name() == "sqlite":
@@ -124,8 +125,8 @@ class Store:
                     ensure_home()
                 elif not path.parent.exists():
                     raise WorkbenchError(f"the database folder {path.parent} does not exist; create it first")
-            # timeout: wait up to 15 s for a concurrent writer instead of failing at once.
-            self.engine: Engine = create_engine(self.url, connect_args={"timeout": 15})
+            # timeout: wait for a concurrent writer (15 s by default) instead of failing at once.
+            self.engine: Engine = create_engine(self.url, connect_args={"timeout": busy_timeout_s})
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
