@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -139,6 +139,7 @@ class Store:
             else self.engine.execution_options(isolation_level="REPEATABLE READ")
         )
         self._sessions = sessionmaker(reads, expire_on_commit=False)
+        self._local_writer = threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
         self._writes = sessionmaker(self.engine.execution_options(rlhf_write=True), expire_on_commit=False)
 
     @property
@@ -160,7 +161,9 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One write transaction: committed whole on success, rolled back whole on any error."""
-        with self._writes() as s:
+        # SQLite has one write lock per file: writers of this process queue here, in order, instead
+        # of polling for it with the busy handler's growing sleeps (long tail latencies under load).
+        with self._local_writer, self._writes() as s:
             try:
                 with s.begin():
                     yield s
