@@ -13,7 +13,7 @@ export RLHF_HOME ?= $(CURDIR)/rlhf-data
 export TOKENIZERS_PARALLELISM ?= false
 APP_PORT ?= 8501
 
-.PHONY: setup test test-fast demo app bench lint browser-deps clean
+.PHONY: setup test test-fast demo app pipeline pipeline-quick bench lint browser-deps clean
 
 setup: $(STAMP)
 	@$(VENV)/bin/rlhf init
@@ -52,6 +52,14 @@ app: setup
 	@echo "Labeling app: http://127.0.0.1:$(APP_PORT)/?token=$$(cat $(RLHF_HOME)/admin-token.txt 2>/dev/null)"
 	$(VENV)/bin/streamlit run labeling_ui/streamlit_app.py --server.address 127.0.0.1 \
 		--server.port $(APP_PORT) --server.headless true --browser.gatherUsageStats false
+
+# The whole loop without a human: a SIMULATED annotator labels, then reward model + PPO on SmolLM2,
+# and an HTML report (rlhf-data/pipeline/round/round-0/report.html). pipeline-quick: the tiny model.
+pipeline: setup
+	$(VENV)/bin/rlhf pipeline run pipelines/configs/round.yaml
+
+pipeline-quick: setup
+	$(VENV)/bin/rlhf pipeline run pipelines/configs/quick.yaml
 
 bench: setup
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

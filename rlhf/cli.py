@@ -36,6 +36,8 @@ app.add_typer(annotators_app, name="annotators")
 app.add_typer(preferences_app, name="preferences")
 inspect_app = typer.Typer(help="Inspect training runs.", no_args_is_help=True)
 app.add_typer(inspect_app, name="inspect")
+pipeline_app = typer.Typer(help="Run whole RLHF rounds from one YAML.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -411,7 +413,7 @@ def ppo_cmd(
     """PPO fine-tuning of the policy against a reward model, with KL tracking and control."""
     from rlhf.configs import build_options, parse_sets, read_yaml
     from rlhf.ppo import PPOOptions, ppo_config_fields, train_ppo
-    from rlhf.runs import read_json, resolve_run
+    from rlhf.runs import is_main_process, read_json, resolve_run
 
     overrides = parse_sets(sets)
     if policy is not None:
@@ -441,6 +443,8 @@ def ppo_cmd(
         store=store,
         run_dir=run_dir,
     )
+    if not is_main_process():
+        return  # one report per launch
     s = read_json(out_dir / "summary.json")
     out.print(f"PPO run: {out_dir}")
     out.print(json.dumps({k: v for k, v in s.items() if not isinstance(v, (dict, list))}, indent=1))
@@ -478,6 +482,37 @@ def inspect_ppo(run: str = typer.Argument("latest", help="Run folder or id under
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# -- pipeline --------------------------------------------------------------------------------
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    config: Path = typer.Argument(..., help="Pipeline YAML, e.g. pipelines/configs/quick.yaml."),
+    round: int | None = typer.Option(None, "--round", help="Run round N (rounds before it are brought up to date)."),
+) -> None:
+    """Run one RLHF round: candidates, simulated labels, export, reward model, PPO, evaluation, report.
+
+    Stages whose config and inputs are unchanged are skipped."""
+    from rlhf.pipeline import run_pipeline
+
+    start = time.perf_counter()
+
+    def progress(n: int, stage: str, status: str) -> None:
+        err.print(f"round {n} {stage}: {status} ({time.perf_counter() - start:.0f} s)")
+
+    folder = run_pipeline(config, round=round, progress=progress)
+    out.print(f"round folder: {folder}\nreport: {folder / 'report.html'}")
+
+
+@pipeline_app.command("check")
+def pipeline_check(config: Path = typer.Argument(..., help="Pipeline YAML.")) -> None:
+    """Validate a pipeline YAML (every problem at once) without running anything."""
+    from rlhf.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config(config)
+    out.print(f"{config}: ok (pipeline {cfg.name!r})")
 
 
 # -- demo ------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import ValidationError, WorkbenchError
-from rlhf.runs import MetricsLog, folder_hash, metrics_callback, new_run_dir, read_json, write_json
+from rlhf.runs import MetricsLog, folder_hash, metrics_callback, new_shared_run_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -757,6 +757,9 @@ def _trainer_class() -> Any:
 
         def __init__(self, *args: Any, hooks: _StepHooks, **kwargs: Any):
             super().__init__(*args, **kwargs)
+            # Set by transformers.Trainer.__init__, which TRL's PPOTrainer never calls; Trainer._save
+            # reads it on non-main processes of a multi-process run.
+            self.is_distributed_loading_by_transformers = False
             self.hooks = hooks
             self.dataloader = _PromptPasses(self.dataloader)  # TRL's loop reads self.dataloader
 
@@ -766,6 +769,22 @@ def _trainer_class() -> Any:
             super().log(logs, start_time)
             if self.hooks.stop is not None:
                 raise _StopRun(self.hooks.stop["reason"])
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            # TRL saves `self.model.policy`; under DistributedDataParallel that sits in `.module`,
+            # and TRL would try to save the whole wrapper (policy + value) and fail.
+            wrapped = self.model
+            if not hasattr(wrapped, "policy") and hasattr(wrapped, "module"):
+                self.model = wrapped.module
+            try:
+                super().save_model(output_dir, _internal_call)
+            finally:
+                self.model = wrapped
+
+        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+            # A hub model card is not needed in a local checkpoint, and TRL's reads `model.config`,
+            # which a DistributedDataParallel-wrapped model (multi-process runs) does not have.
+            return None
 
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             super()._save_checkpoint(model, trial)
@@ -1000,7 +1019,7 @@ def build_ppo_trainer(
             f"are fewer than one batch ({local_batch}); add prompts or lower `per_device_train_batch_size`"
         )
     train_ds = datasets.Dataset.from_dict({"input_ids": [encode_prompt(tok, c) for c in train_contents]})
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir("ppo", options.name)
+    run_dir = Path(run_dir) if run_dir is not None else new_shared_run_dir("ppo", options.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     args.output_dir = str(run_dir / "checkpoints")
     checkpoints = complete_checkpoints(run_dir) if options.resume else {}

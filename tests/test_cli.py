@@ -184,3 +184,19 @@ def test_ppo_then_inspect_then_resume(home, tmp_path, capsys):
     assert steps == [1, 2, 3, 4]
     code, _, err = run(capsys, "ppo", "--set", "kl_target=-1")
     assert code == 2 and "kl_target" in err
+
+
+def test_pipeline_check_and_quick_run(home, tmp_path, capsys):
+    configs = Path(__file__).parents[1] / "pipelines" / "configs"
+    code, out, _ = run(capsys, "pipeline", "check", str(configs / "quick.yaml"))
+    assert code == 0 and "ok" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngeneration:\n  temperatur: 1\nreward:\n  lora_r: 0\n")
+    code, _, err = run(capsys, "pipeline", "run", str(bad))
+    assert code == 2 and "temperatur" in err and "lora_r" in err
+    assert not (home / "pipeline").exists()  # nothing ran
+    code, out, err = run(capsys, "pipeline", "run", str(configs / "quick.yaml"))
+    assert code == 0, err
+    assert Path(out.split("report: ")[1].split()[0]).exists()
+    code, _, err = run(capsys, "pipeline", "run", str(configs / "quick.yaml"))
+    assert code == 0 and "running" not in err and "skipped" in err  # second run: nothing to do
