@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 
 from labeling_ui.process_jobs import ProcessJob
-from labeling_ui.reward_inspector import as_number, read_json_file
+from labeling_ui.reward_inspector import as_number, read_json_file, read_json_objects
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO / "pipelines" / "configs"
@@ -132,19 +132,7 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
 def load_ppo_run(path: Path) -> PPORun:
     """Read a run folder, collecting every unreadable or malformed file instead of raising."""
     run = PPORun(Path(path))
-    for name, attr in (("config.json", "config"), ("summary.json", "summary"), ("report.json", "report")):
-        file = run.path / name
-        if not file.exists():
-            continue
-        try:
-            data = read_json_file(file)
-        except ValueError as e:
-            run.problems.append(str(e))
-            continue
-        if not isinstance(data, dict):
-            run.problems.append(f"{name} should hold a JSON object, not {type(data).__name__}")
-            continue
-        setattr(run, attr, data)
+    read_json_objects(run, {"config.json": "config", "summary.json": "summary", "report.json": "report"})
     if run.summary is None and (run.path / "summary.json").exists():
         run.summary = {}  # there but unreadable: the run did finish
     for name, attr in (("metrics.jsonl", "metrics"), ("samples.jsonl", "samples")):

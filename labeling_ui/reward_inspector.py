@@ -100,10 +100,10 @@ class RewardRun:
         return (self.path / "model" / "config.json").exists()
 
 
-def load_reward_run(path: Path) -> RewardRun:
-    """Read a run folder, collecting every unreadable or malformed file instead of raising."""
-    run = RewardRun(Path(path))
-    for name, attr in (("summary.json", "summary"), ("config.json", "config"), ("eval_report.json", "report")):
+def read_json_objects(run: Any, files: dict[str, str]) -> None:
+    """Set `run.<attr>` from each `file name -> attr` JSON object in `run.path` that exists;
+    an unreadable or non-object file becomes a message in `run.problems` instead of an exception."""
+    for name, attr in files.items():
         file = run.path / name
         if not file.exists():
             continue
@@ -116,6 +116,12 @@ def load_reward_run(path: Path) -> RewardRun:
             run.problems.append(f"{name} should hold a JSON object, not {type(data).__name__}")
             continue
         setattr(run, attr, data)
+
+
+def load_reward_run(path: Path) -> RewardRun:
+    """Read a run folder, collecting every unreadable or malformed file instead of raising."""
+    run = RewardRun(Path(path))
+    read_json_objects(run, {"summary.json": "summary", "config.json": "config", "eval_report.json": "report"})
     if run.report is not None and (problems := report_problems(run.report)):
         run.problems.append(f"eval_report.json: {'; '.join(problems)} (written by another version?)")
         run.report = None
