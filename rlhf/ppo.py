@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import ValidationError, WorkbenchError
+from rlhf.reward import hardware_has_bf16
 from rlhf.runs import MetricsLog, folder_hash, metrics_callback, new_shared_run_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def build_ppo_config(
     if options.lora:
         kw["learning_rate"] = LORA_LEARNING_RATE
     kw.update({k: v for k, v in overrides.items() if k in ppo_config_fields()})
-    bf16 = options.precision == "bf16" or (options.precision == "auto" and _hardware_has_bf16())
+    bf16 = options.precision == "bf16" or (options.precision == "auto" and hardware_has_bf16())
     kw.update(bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(), output_dir=str(output_dir))
     for key in ("learning_rate", "per_device_train_batch_size", "response_length", "num_ppo_epochs", "temperature"):
         if not _number(kw.get(key)) > 0:
@@ -279,12 +280,6 @@ def _number(v: Any) -> float:
 
 def _as_int(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
-
-
-def _hardware_has_bf16() -> bool:
-    from rlhf.reward import hardware_has_bf16
-
-    return hardware_has_bf16()
 
 
 # -- 1) adaptive KL control ------------------------------------------------------------------

@@ -22,17 +22,17 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+def torchrun_rlhf(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m rlhf ARGS` on a free rendezvous port, in the data home `home`."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", free_port(), "-m", "rlhf", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RLHF_HOME": str(home)})
+
+
 def test_reward_training_with_two_processes(store, home, tmp_path):
     export = marker_export(store, tmp_path)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [
-        str(torchrun),
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        free_port(),
-        "-m",
-        "rlhf",
+    r = torchrun_rlhf(
+        home,
         "train-reward",
         str(export),
         "--config",
@@ -41,8 +41,7 @@ def test_reward_training_with_two_processes(store, home, tmp_path):
         "6",
         "--set",
         "logging_steps=1",
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RLHF_HOME": str(home)})
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("reward run:") == 1  # one report per launch
     runs = list((home / "runs" / "reward").iterdir())
@@ -69,15 +68,8 @@ def test_ppo_with_two_processes(store, home, tmp_path):
     export_preferences(store, tmp_path / "export", ExportOptions(test_fraction=0.25))
     reward = train_reward(tmp_path / "export", RewardOptions(model="tiny", early_stopping_patience=0), {}, max_steps=2)
     import_prompts(store, Path(__file__).parents[1] / "rlhf" / "data" / "demo_prompts.jsonl")
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [
-        str(torchrun),
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        free_port(),
-        "-m",
-        "rlhf",
+    r = torchrun_rlhf(
+        home,
         "ppo",
         "--reward",
         str(reward),
@@ -87,8 +79,7 @@ def test_ppo_with_two_processes(store, home, tmp_path):
         "4",
         "--set",
         "save_steps=2",
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RLHF_HOME": str(home)})
+    )
     assert r.returncode == 0, "\n".join(line for line in r.stderr.splitlines() if "Error" in line)[-3000:]
     assert r.stdout.count("PPO run:") == 1
     runs = list((home / "runs" / "ppo").iterdir())
