@@ -67,37 +67,31 @@ def run_import(kind: str, uploaded, dry_run: bool) -> None:
     )
 
 
+def import_form(kind: str, key: str, label: str) -> None:
+    """One upload form (file, dry-run switch, submit) that hands the file to `run_import`."""
+    with st.form(f"import_{key}"):
+        up = st.file_uploader(label, type=["jsonl", "json", "csv"], key=f"{key}_file", max_upload_size=MAX_UPLOAD_MB)
+        dry = st.checkbox("Dry run (validate only)", key=f"{key}_dry")
+        if st.form_submit_button(f"Import {kind}", type="primary"):
+            if up is None:
+                st.warning("Choose a file first.")
+            else:
+                run_import(kind, up, dry)
+
+
 with tab_prompts:
     st.caption(
         f"JSON Lines (`prompt` text or chat `messages`, optional `category`, `tags`, `split`) or CSV "
         f"with a header row; up to {MAX_UPLOAD_MB} MB. All or nothing: one bad line imports nothing."
     )
-    with st.form("import_prompts"):
-        up = st.file_uploader(
-            "Prompts file", type=["jsonl", "json", "csv"], key="prompts_file", max_upload_size=MAX_UPLOAD_MB
-        )
-        dry = st.checkbox("Dry run (validate only)", key="prompts_dry")
-        if st.form_submit_button("Import prompts", type="primary"):
-            if up is None:
-                st.warning("Choose a file first.")
-            else:
-                run_import("prompts", up, dry)
+    import_form("prompts", "prompts", "Prompts file")
 
 with tab_prefs:
     st.caption(
         "TRL preference rows (`prompt`, `chosen`, `rejected`, optional `margin`) or Anthropic HH style "
         "(`chosen` / `rejected` transcripts). They become completed comparisons labelled by `imported`."
     )
-    with st.form("import_prefs"):
-        up = st.file_uploader(
-            "Preferences file", type=["jsonl", "json", "csv"], key="prefs_file", max_upload_size=MAX_UPLOAD_MB
-        )
-        dry = st.checkbox("Dry run (validate only)", key="prefs_dry")
-        if st.form_submit_button("Import preferences", type="primary"):
-            if up is None:
-                st.warning("Choose a file first.")
-            else:
-                run_import("preferences", up, dry)
+    import_form("preferences", "prefs", "Preferences file")
 
 # -- generation (background thread; the fragment below polls its progress) ----------------------
 runner = job_runner()
