@@ -419,6 +419,8 @@ def stop_message(summary: dict[str, Any] | None) -> str | None:
             f"Stopped by the KL budget at step {stop.get('step')}: KL {fmt_number(stop.get('kl'), 2)} > "
             f"{fmt_number(stop.get('kl_budget'), 2)}. Saved policy: {kept} (step {stop.get('kept_step', 0)})."
         )
+    if stop.get("message"):  # the NaN / exploding-loss guard words its own stop (step, value, what to do)
+        return f"Stopped: {stop['message']}"
     return f"Stopped: {stop.get('reason')}."
 
 

@@ -24,3 +24,8 @@ class ValidationError(WorkbenchError):
         if more:
             lines.append(f"  ... and {more} more")
         super().__init__("\n".join(lines))
+
+
+class TrainingDiverged(WorkbenchError):
+    """A training run stopped on a NaN/inf or exploding loss. Its run folder holds the last good
+    checkpoint's model and a summary.json whose `stop` says why; the message says what to do."""

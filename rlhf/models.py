@@ -282,7 +282,8 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(dtype: str, device: str) -> Any:
-    """`auto`: bf16 on a GPU that supports it, fp32 elsewhere; or an explicit float32/bfloat16/float16."""
+    """`auto`: bf16 on a GPU that supports it, fp16 on an older CUDA GPU (V100, T4), fp32 on a CPU; or an
+    explicit float32/bfloat16/float16."""
     import torch
 
     table = {
@@ -294,8 +295,8 @@ def pick_dtype(dtype: str, device: str) -> Any:
         "fp16": torch.float16,
     }
     if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in table:
         raise WorkbenchError(f"`dtype` must be auto, float32, bfloat16 or float16, got {dtype!r}")

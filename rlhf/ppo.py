@@ -25,6 +25,8 @@ Added to TRL's PPO (each in one place below):
      was trained to read it (after the chat template's end-of-turn suffix): `PPOReward`;
   3. a KL budget: the run stops when `objective/kl` exceeds it and keeps the last checkpoint whose
      policy was measured within it: `kept_checkpoint_step`;
+     the NaN / exploding-loss guard (`loss_explode_factor`, `rlhf.runs.LossGuard`) stops the same way
+     and keeps the last finite checkpoint saved before the bad step, then raises `TrainingDiverged`;
   4. evaluation on a fixed held-out prompt set with the exact KL over the full next-token
      distribution (`token_kl`), not the sampled estimate: `Evaluator`;
   5. the value model saved beside the policy, and resume (TRL 1.12's PPOTrainer has none; its
@@ -51,9 +53,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.errors import ValidationError, WorkbenchError
-from rlhf.reward import hardware_has_bf16
-from rlhf.runs import MetricsLog, folder_hash, metrics_callback, new_shared_run_dir, read_json, write_json
+from rlhf.errors import TrainingDiverged, ValidationError, WorkbenchError
+from rlhf.reward import PRECISIONS, mixed_precision
+from rlhf.runs import (
+    LossGuard,
+    MetricsLog,
+    divergence_message,
+    folder_hash,
+    metrics_callback,
+    new_shared_run_dir,
+    read_json,
+    truncate_jsonl,
+    weights_finite,
+    write_json,
+)
+from rlhf.runs import load_weights as _load_weights
+from rlhf.runs import read_weights as _read_weights
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +93,9 @@ class PPOOptions:
     precision: str = field(
         default="auto",
         metadata={
-            "help": "auto | bf16 | fp32. auto = bf16 autocast of the policy/value training passes where the "
-            "hardware has it (~1.2x per PPO step on an AMX CPU); generation and frozen models stay fp32."
+            "help": "auto | bf16 | fp16 | fp32. auto = bf16 autocast of the policy/value training passes where "
+            "the hardware has it (~1.2x per PPO step on an AMX CPU), fp16 with loss scaling on a CUDA GPU "
+            "without bf16, else fp32; generation and frozen models stay fp32. fp16 needs a CUDA GPU."
         },
     )
     kl_target: float | None = field(
@@ -101,6 +117,14 @@ class PPOOptions:
         metadata={
             "help": "Stop when `objective/kl` exceeds this and keep the last checkpoint measured within it "
             "(null = no limit). Needs save_total_limit >= 2 to keep one."
+        },
+    )
+    loss_explode_factor: float | None = field(
+        default=100.0,
+        metadata={
+            "help": "Stop when loss/policy_avg or loss/value_avg exceeds this x the median of its last 20 steps "
+            "(medians below 0.1 count as 0.1), and keep the last checkpoint saved before that step. A NaN/inf "
+            "loss or objective/kl always stops the run. null = only NaN/inf stop it."
         },
     )
     normalize_rewards: bool = field(
@@ -133,8 +157,8 @@ class PPOOptions:
 
     def problems(self) -> list[str]:
         p = []
-        if self.precision not in ("auto", "bf16", "fp32"):
-            p.append(f"`precision` must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            p.append(f"`precision` must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if self.lora_r < 1:
             p.append(f"`lora_r` must be >= 1, got {self.lora_r}")
         if self.kl_target is not None and not self.kl_target > 0:
@@ -143,6 +167,8 @@ class PPOOptions:
             p.append(f"`kl_horizon` must be >= 1, got {self.kl_horizon}")
         if self.kl_budget is not None and not self.kl_budget > 0:
             p.append(f"`kl_budget` must be > 0 (or null), got {self.kl_budget}")
+        if self.loss_explode_factor is not None and not self.loss_explode_factor > 1:
+            p.append(f"`loss_explode_factor` must be > 1 (or null), got {self.loss_explode_factor}")
         if self.reward_clip is not None and not self.reward_clip > 0:
             p.append(f"`reward_clip` must be > 0 (or null), got {self.reward_clip}")
         if self.eval_steps < 0:
@@ -234,8 +260,12 @@ def build_ppo_config(
     if options.lora:
         kw["learning_rate"] = LORA_LEARNING_RATE
     kw.update({k: v for k, v in overrides.items() if k in ppo_config_fields()})
-    bf16 = options.precision == "bf16" or (options.precision == "auto" and hardware_has_bf16())
-    kw.update(bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(), output_dir=str(output_dir))
+    try:
+        mp = mixed_precision(options.precision)
+    except WorkbenchError as e:  # named with the other problems
+        mp = "no"
+        problems.append(str(e))
+    kw.update(bf16=mp == "bf16", fp16=mp == "fp16", use_cpu=not torch.cuda.is_available(), output_dir=str(output_dir))
     for key in ("learning_rate", "per_device_train_batch_size", "response_length", "num_ppo_epochs", "temperature"):
         if not _number(kw.get(key)) > 0:
             problems.append(f"`{key}` must be > 0, got {kw.get(key)!r}")
@@ -312,6 +342,28 @@ def kept_checkpoint_step(saved_steps: Sequence[int], over_budget_step: int) -> i
     one measured within it (at step t - 1)."""
     good = [s for s in saved_steps if s <= over_budget_step - 2]
     return max(good) if good else None
+
+
+# What the NaN / exploding-loss guard watches (`LossGuard`; the explosion rule on the two losses only).
+GUARDED = ("loss/policy_avg", "loss/value_avg", "objective/kl")
+DIVERGED = ("non_finite", "loss_explosion")  # stop reasons of the guard
+PPO_ADVICE = (
+    "Lower `learning_rate` (TRL's PPOTrainer does not clip gradients: `max_grad_norm` has no effect there), "
+    "or keep the reward bounded (`normalize_rewards`, `reward_clip`); then start a new run. If the step was "
+    "a false alarm, raise `loss_explode_factor` (null = stop on NaN/inf only)."
+)
+
+
+def last_good_checkpoint_step(saved: dict[int, Path], bad_step: int, lora: bool = False) -> int | None:
+    """The newest complete checkpoint saved before `bad_step` whose policy and value weights are all
+    finite, or None (the starting policy). Step t's losses come from updates made during step t,
+    so checkpoint t - 1 (saved before them) is the first candidate."""
+    for step in sorted((s for s in saved if s < bad_step), reverse=True):
+        folder = saved[step]
+        policy = _read_weights(folder, "adapter_model" if lora else "model")
+        if weights_finite(policy) and weights_finite(_read_weights(folder / "value")):
+            return step
+    return None
 
 
 # -- 2) the reward as PPO sees it ------------------------------------------------------------
@@ -695,6 +747,7 @@ class _StepHooks:
     kl_budget: float | None
     evaluator: Evaluator | None
     eval_steps: int
+    guard: LossGuard | None = None
     stop: dict[str, Any] | None = None
     step_seconds: list[float] = field(default_factory=list)
     last_eval: tuple[int, dict[str, float], list[dict[str, Any]]] | None = None
@@ -708,10 +761,13 @@ class _StepHooks:
         self.step_seconds.append(time.perf_counter() - self._t)
         kl = float(logs["objective/kl"])
         logs["kl/coef"] = float(trainer.args.kl_coef)  # the coefficient this step's rewards used
-        if self.controller is not None:
+        if self.controller is not None and math.isfinite(kl):
             # TRL reads args.kl_coef when it builds the next step's rewards.
             trainer.args.kl_coef = self.controller.update(kl, trainer.args.batch_size)
-        if self.kl_budget is not None and not kl <= self.kl_budget:
+        diverged = self.guard.check(step, {k: float(logs[k]) for k in GUARDED if k in logs}) if self.guard else None
+        if diverged is not None:
+            self.stop = diverged
+        elif self.kl_budget is not None and not kl <= self.kl_budget:
             self.stop = {"reason": "kl_budget", "step": step, "kl": kl, "kl_budget": self.kl_budget}
         elif self.evaluator is not None and (
             (self.eval_steps and step % self.eval_steps == 0) or step >= trainer.state.max_steps
@@ -852,31 +908,6 @@ def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def _read_weights(folder: Path, stem: str = "model") -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    single = folder / f"{stem}.safetensors"
-    if single.exists():
-        return load_file(str(single))
-    index = folder / f"{stem}.safetensors.index.json"
-    if not index.exists():
-        raise WorkbenchError(f"{folder} holds no {stem}.safetensors; the checkpoint is incomplete")
-    out: dict[str, Any] = {}
-    for name in sorted(set(read_json(index)["weight_map"].values())):
-        out.update(load_file(str(folder / name)))
-    return out
-
-
-def _load_weights(model: Any, weights: dict[str, Any]) -> None:
-    """load_state_dict that accepts only missing keys tied to loaded ones (tied embeddings)."""
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    own = model.state_dict()
-    loaded_ptrs = {own[k].data_ptr() for k in weights if k in own}
-    untied = [k for k in missing if own[k].data_ptr() not in loaded_ptrs]
-    if unexpected or untied:
-        raise WorkbenchError(f"checkpoint does not match the model: missing {untied[:5]}, unexpected {unexpected[:5]}")
-
-
 def _restore_weights(trainer: Any, folder: Path | None, reward_model_dir: Path, initial_adapter: Any) -> None:
     """Policy and value weights from a checkpoint folder, or (folder None) the starting ones."""
     import torch
@@ -917,22 +948,6 @@ def _restore_checkpoint(trainer: Any, folder: Path, reward_model_dir: Path) -> t
     pass_rng = torch.load(folder / "pass_rng.pt", weights_only=True)
     trainer.dataloader.resume = (pass_rng, step % per_pass, lambda: trainer._load_rng_state(str(folder)))
     return step, episode
-
-
-def _truncate_jsonl(path: Path, max_step: int) -> None:
-    """Drop the rows a killed run logged after its last checkpoint (they are logged again)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= max_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -1051,9 +1066,10 @@ def build_ppo_trainer(
         AdaptiveKLController(args.kl_coef, options.kl_target, options.kl_horizon) if options.kl_target else None
     )
     evaluator = Evaluator(tok, eval_contents, args, args.seed) if eval_contents else None
-    hooks = _StepHooks(run_dir, controller, options.kl_budget, evaluator, options.eval_steps)
+    guard = LossGuard(options.loss_explode_factor, ("loss/policy_avg", "loss/value_avg"))
+    hooks = _StepHooks(run_dir, controller, options.kl_budget, evaluator, options.eval_steps, guard)
     # TRL's PPOTrainer builds its Accelerator without a precision: it reads this variable.
-    with _env("ACCELERATE_MIXED_PRECISION", "bf16" if args.bf16 else "no"):
+    with _env("ACCELERATE_MIXED_PRECISION", "bf16" if args.bf16 else "fp16" if args.fp16 else "no"):
         trainer = _trainer_class()(
             args=args,
             processing_class=tok,
@@ -1127,8 +1143,12 @@ def train_ppo(
     resumed_step = None
     if run.resume_from is not None:
         resumed_step, _ = _restore_checkpoint(trainer, run.resume_from, run.reward_model_dir)
-        _truncate_jsonl(run_dir / "metrics.jsonl", resumed_step)
-        _truncate_jsonl(run_dir / "samples.jsonl", resumed_step)
+        truncate_jsonl(run_dir / "metrics.jsonl", resumed_step)
+        truncate_jsonl(run_dir / "samples.jsonl", resumed_step)
+        if hooks.guard is not None:  # the explosion rule's running median goes on from the logged steps
+            for m in MetricsLog(run_dir).read():
+                if "objective/kl" in m:
+                    hooks.guard.check(m["step"], {k: m[k] for k in GUARDED if isinstance(m.get(k), (int, float))})
         log.info("resuming %s from %s", run_dir, run.resume_from.name)
     else:
         for stale in ("metrics.jsonl", "samples.jsonl", "report.json", "summary.json"):
@@ -1154,11 +1174,19 @@ def train_ppo(
         stop = dict(hooks.stop or {})
         trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
         saved = complete_checkpoints(run_dir)
-        kept = kept_checkpoint_step(list(saved), stop["step"])
+        if stop["reason"] == "kl_budget":
+            kept = kept_checkpoint_step(list(saved), stop["step"])
+        else:  # diverged: the newest checkpoint saved before the bad step whose weights are finite
+            kept = last_good_checkpoint_step(saved, stop["step"], trainer.is_peft_model)
         _restore_weights(trainer, saved.get(kept), run.reward_model_dir, run.initial_adapter)
         stop.update(kept_checkpoint=saved[kept].name if kept is not None else None, kept_step=kept or 0)
-        msg = "KL %.3g > budget %.3g at step %d: keeping step %d"
-        log.warning(msg, stop["kl"], stop["kl_budget"], stop["step"], kept or 0)
+        if stop["reason"] == "kl_budget":
+            msg = "KL %.3g > budget %.3g at step %d: keeping step %d"
+            log.warning(msg, stop["kl"], stop["kl_budget"], stop["step"], kept or 0)
+        else:
+            where = f"{saved[kept].name} (step {kept})" if kept else "the starting policy (step 0)"
+            stop["message"] = divergence_message(stop, f"{where} as the saved policy and value model", PPO_ADVICE)
+            log.error("%s", stop["message"])
     finally:
         gc.unfreeze()
     train_s = time.perf_counter() - start
@@ -1201,4 +1229,6 @@ def train_ppo(
             "eval": {k: v for k, v in report.items() if k != "pairs"} if report else None,
         }
         write_json(run_dir / "summary.json", summary)
+    if stop["reason"] in DIVERGED:
+        raise TrainingDiverged(stop["message"])
     return run_dir

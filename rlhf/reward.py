@@ -10,7 +10,9 @@ provenance, and manifest.json). Writes `runs/reward/<id>/`:
     reward_stats.json  the same mean / std, and over how many responses
     eval_report.json   held-out accuracy by strength, category, agreement; calibration; length bias;
                        position; misranked pairs (see `build_eval_report`)
-    summary.json       final metrics, pairs dropped as too long, pairs/s; written last
+    summary.json       final metrics, pairs dropped as too long, pairs/s, `stop` (completed, or why the
+                       NaN / exploding-loss guard stopped the run and which checkpoint became model/);
+                       written last
 
 The base model is the policy's (same tokenizer, as PPO needs) with a scalar `score` head.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,8 +30,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.errors import ValidationError, WorkbenchError
-from rlhf.runs import folder_hash, is_main_process, metrics_callback, new_shared_run_dir, read_json, write_json
+from rlhf.errors import TrainingDiverged, ValidationError, WorkbenchError
+from rlhf.runs import (
+    LossGuard,
+    divergence_message,
+    folder_hash,
+    is_main_process,
+    load_weights,
+    metrics_callback,
+    new_shared_run_dir,
+    read_json,
+    read_weights,
+    truncate_jsonl,
+    weights_finite,
+    write_json,
+)
 from rlhf.schema import STRENGTHS
 
 log = logging.getLogger(__name__)
@@ -61,8 +77,9 @@ class RewardOptions:
     precision: str = field(
         default="auto",
         metadata={
-            "help": "auto | bf16 | fp32. auto = bf16 autocast where the hardware has it (GPU with bf16, "
-            "CPU with AMX/AVX512-BF16): several times faster than fp32 here."
+            "help": "auto | bf16 | fp16 | fp32. auto = bf16 autocast where the hardware has it (GPU with bf16, "
+            "CPU with AMX/AVX512-BF16: several times faster than fp32 there), fp16 with loss scaling on a "
+            "CUDA GPU without bf16 (V100, T4), else fp32. fp16 needs a CUDA GPU."
         },
     )
     group_by_length: bool = field(
@@ -77,12 +94,23 @@ class RewardOptions:
     )
     max_pairs: int | None = field(default=None, metadata={"help": "Use at most this many training pairs (quick runs)."})
     name: str | None = field(default=None, metadata={"help": "Suffix of the run folder name."})
-    resume: bool = field(default=False, metadata={"help": "Resume from the newest checkpoint in `run_dir`."})
+    loss_explode_factor: float | None = field(
+        default=100.0,
+        metadata={
+            "help": "Stop when a step's training loss exceeds this x the median of the last 20 steps' losses "
+            "(medians below 0.1 count as 0.1), and keep the last checkpoint saved before that step. A NaN/inf "
+            "loss always stops the run. null = only NaN/inf stop it."
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Resume from the newest complete checkpoint in `run_dir` (half-written ones are skipped)."},
+    )
 
     def problems(self) -> list[str]:
         p = []
-        if self.precision not in ("auto", "bf16", "fp32"):
-            p.append(f"`precision` must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            p.append(f"`precision` must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if self.lora_r < 1:
             p.append(f"`lora_r` must be >= 1, got {self.lora_r}")
         if not 0 <= self.lora_dropout < 1:
@@ -91,6 +119,8 @@ class RewardOptions:
             p.append(f"`margin_scale` must be >= 0, got {self.margin_scale}")
         if self.early_stopping_patience < 0:
             p.append(f"`early_stopping_patience` must be >= 0, got {self.early_stopping_patience}")
+        if self.loss_explode_factor is not None and not self.loss_explode_factor > 1:
+            p.append(f"`loss_explode_factor` must be > 1 (or null), got {self.loss_explode_factor}")
         if self.max_pairs is not None and self.max_pairs < 1:
             p.append(f"`max_pairs` must be >= 1, got {self.max_pairs}")
         return p
@@ -130,6 +160,25 @@ def hardware_has_bf16() -> bool:
     return False
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def mixed_precision(precision: str) -> str:
+    """The mixed precision a training run uses: "bf16", "fp16" or "no" (fp32), for reward and PPO alike.
+
+    auto: bf16 where the hardware has it, fp16 (with loss scaling) on a CUDA GPU without bf16, else fp32.
+    An explicit choice the hardware cannot run is refused here, before any work."""
+    import torch
+
+    if precision == "auto":
+        if hardware_has_bf16():
+            return "bf16"
+        return "fp16" if torch.cuda.is_available() else "no"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise WorkbenchError("`precision: fp16` needs a CUDA GPU (no GPU here); use auto, bf16 or fp32")
+    return {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
+
+
 def reward_config_fields() -> set[str]:
     from trl import RewardConfig
 
@@ -149,8 +198,13 @@ def build_reward_config(
     kw: dict[str, Any] = dict(FAST_DEFAULTS)
     if options.lora:
         kw["learning_rate"] = LORA_LEARNING_RATE
-    bf16 = options.precision == "bf16" or (options.precision == "auto" and hardware_has_bf16())
-    kw.update(bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available())
+    try:
+        mp = mixed_precision(options.precision)
+    except WorkbenchError as e:  # named with the other problems below
+        mp, precision_problem = "no", [str(e)]
+    else:
+        precision_problem = []
+    kw.update(bf16=mp == "bf16", fp16=mp == "fp16", use_cpu=not torch.cuda.is_available())
     if has_eval:
         kw.update(
             eval_strategy="steps",
@@ -167,7 +221,7 @@ def build_reward_config(
         kw["max_steps"] = max_steps
     kw.update(overrides)
     kw["output_dir"] = str(output_dir)
-    problems = []
+    problems = list(precision_problem)
     for key in ("learning_rate", "per_device_train_batch_size", "max_length"):
         v = kw.get(key)
         if v is not None and not (isinstance(v, (int, float)) and v > 0):
@@ -413,13 +467,87 @@ def _trainer_class() -> Any:
     from trl import RewardTrainer
 
     class WorkbenchRewardTrainer(RewardTrainer):
-        """TRL's RewardTrainer, keeping the `length` column so batches can be grouped by length."""
+        """TRL's RewardTrainer, keeping the `length` column so batches can be grouped by length, and
+        adding up each optimizer step's loss for the divergence guard (`_LossGuardCallback`):
+        transformers hands callbacks no loss, and logs a NaN one as the window's average instead
+        (`logging_nan_inf_filter`)."""
+
+        step_loss: Any = None
 
         def _set_signature_columns_if_needed(self) -> None:
             if self._signature_columns is None:
                 self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "length"]
 
+        def training_step(self, *args: Any, **kwargs: Any) -> Any:
+            loss = super().training_step(*args, **kwargs)  # already divided by the accumulation steps
+            self.step_loss = loss if self.step_loss is None else self.step_loss + loss
+            return loss
+
     return WorkbenchRewardTrainer
+
+
+class _Diverged(Exception):
+    """Raised from the guard's `on_step_end` to end the training loop at the bad step (before it is
+    logged, evaluated or saved)."""
+
+
+def _loss_guard_callback(guard: LossGuard) -> Any:
+    from transformers import TrainerCallback
+
+    class _LossGuardCallback(TrainerCallback):
+        """Checks every optimizer step's loss (NaN/inf, explosion) and stops the run at the first bad one."""
+
+        trainer: Any = None  # set once the trainer exists
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            t = self.trainer
+            if t is None or t.step_loss is None:
+                return
+            loss, t.step_loss = t.step_loss.detach(), None
+            if t.accelerator.num_processes > 1:  # every process must take the same decision
+                loss = t.accelerator.reduce(loss, "mean")
+            stop = guard.check(state.global_step, {"loss": float(loss)})
+            if stop is not None:
+                guard.stop = stop
+                raise _Diverged(stop["reason"])
+
+    return _LossGuardCallback()
+
+
+REWARD_ADVICE = (
+    "Lower `learning_rate`, keep gradient clipping on (`max_grad_norm`, 1.0 by default; 0 turns it off), "
+    "or use `precision: fp32`; then start a new run. If the step was a false alarm, raise "
+    "`loss_explode_factor` (null = stop on NaN/inf only)."
+)
+
+
+def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """{step: folder} of the reward run's checkpoints that finished saving: transformers writes
+    trainer_state.json last, after the weights (a folder killed mid-save lacks one or the other)."""
+    out = {}
+    for d in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
+        step = d.name.split("-")[-1]
+        weights = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+        if step.isdigit() and (d / "trainer_state.json").exists() and any((d / w).exists() for w in weights):
+            out[int(step)] = d
+    return dict(sorted(out.items()))
+
+
+def _checkpoint_weights(folder: Path, lora: bool) -> dict[str, Any]:
+    return read_weights(folder, "adapter_model" if lora else "model")
+
+
+def _restore_checkpoint_weights(trainer: Any, folder: Path, lora: bool) -> None:
+    import torch
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with torch.no_grad():
+        if lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, _checkpoint_weights(folder, lora))
+        else:
+            load_weights(model, _checkpoint_weights(folder, lora))
 
 
 def train_reward(
@@ -449,7 +577,10 @@ def train_reward(
     # The config first: creating it joins the process group of a distributed launch, which
     # new_shared_run_dir needs to give every process the same folder.
     args = build_reward_config(options, overrides, Path("pending"), has_eval, max_steps)
-    run_dir = run_dir or new_shared_run_dir("reward", options.name)
+    if options.resume and run_dir is None:
+        raise WorkbenchError("`resume` needs the run folder to resume (run_dir)")
+    run_dir = Path(run_dir) if run_dir is not None else new_shared_run_dir("reward", options.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
     args.output_dir = str(run_dir / "checkpoints")
 
     # 1) data: chat format for chat models, margin scaled (or dropped).
@@ -498,7 +629,9 @@ def train_reward(
             target_modules="all-linear",
             modules_to_save=["score"],
         )
-    callbacks = [metrics_callback(run_dir)]
+    guard = LossGuard(options.loss_explode_factor, ("loss",))
+    guard_cb = _loss_guard_callback(guard)
+    callbacks = [metrics_callback(run_dir), guard_cb]
     if has_eval and options.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience))
     trainer = _trainer_class()(
@@ -510,6 +643,7 @@ def train_reward(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    guard_cb.trainer = trainer
     # 3) TRL drops (does not truncate) pairs longer than max_length: count them.
     dropped = {
         "train": len(train_in) - len(trainer.train_dataset),
@@ -527,16 +661,50 @@ def train_reward(
     if has_eval:
         trainer.eval_dataset = trainer.eval_dataset.map(add_length)
 
-    # 4) train.
+    # 4) train: from the newest complete checkpoint (resume), else from scratch; stop on divergence.
+    done = complete_checkpoints(run_dir) if options.resume else {}
+    resume_from = done[max(done)] if done else None
+    if is_main_process():
+        if resume_from is not None:
+            # Rows logged after the checkpoint are logged again; a half-written checkpoint (killed while
+            # saving) is removed: transformers would pick it as the newest, and its rotation count it.
+            truncate_jsonl(run_dir / "metrics.jsonl", max(done))
+            for d in (run_dir / "checkpoints").glob("checkpoint-*"):
+                if d.is_dir() and d not in done.values():
+                    log.warning("removing the incomplete checkpoint %s", d)
+                    shutil.rmtree(d)
+        else:
+            for stale in ("metrics.jsonl", "summary.json", "eval_report.json", "reward_stats.json"):
+                (run_dir / stale).unlink(missing_ok=True)
     start = time.perf_counter()
-    resume = options.resume and any((run_dir / "checkpoints").glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    stop: dict[str, Any] = {"reason": "completed"}
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+        global_step, train_loss = result.global_step, result.training_loss
+    except _Diverged:
+        stop = dict(guard.stop or {})
+        global_step, train_loss = trainer.state.global_step, None
+        # The newest checkpoint saved before the bad step whose weights are finite (the bad step's
+        # update already went into the live weights).
+        saved = complete_checkpoints(run_dir)
+        candidates = sorted((s for s in saved if s < stop["step"]), reverse=True)
+        kept = next((s for s in candidates if weights_finite(_checkpoint_weights(saved[s], options.lora))), None)
+        stop.update(kept_checkpoint=saved[kept].name if kept is not None else None, kept_step=kept or 0)
+        where = (
+            f"{saved[kept].name} (step {kept}) as the saved model"
+            if kept is not None
+            else "no model (no checkpoint was saved before that step; lower `save_steps` to keep one)"
+        )
+        stop["message"] = divergence_message(stop, where, REWARD_ADVICE)
+        log.error("%s", stop["message"])
+        if kept is None:
+            if trainer.is_world_process_zero():
+                write_json(run_dir / "summary.json", {"global_step": global_step, "saved_step": 0, "stop": stop})
+            raise TrainingDiverged(stop["message"]) from None
+        _restore_checkpoint_weights(trainer, saved[kept], options.lora)
     train_s = time.perf_counter() - start
     pairs_seen = (
-        result.global_step
-        * args.per_device_train_batch_size
-        * args.gradient_accumulation_steps
-        * max(1, args.world_size)
+        global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
     )
 
     # 5) save a plain seq-cls model (adapters merged) + reward statistics for PPO normalisation.
@@ -564,10 +732,13 @@ def train_reward(
         "train_pairs": len(trainer.train_dataset),
         "test_pairs": len(eval_raw) if has_eval else 0,
         "dropped_too_long": dropped,
-        "global_step": result.global_step,
+        "global_step": global_step,
+        "saved_step": stop.get("kept_step", global_step),
+        "stop": stop,
+        "resumed_from_step": max(done) if resume_from is not None else None,
         "train_seconds": train_s,
         "pairs_per_second": pairs_seen / train_s if train_s else None,
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "eval_accuracy": report["accuracy"] if report else None,
         "eval_accuracy_before": accuracy_before,
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -578,6 +749,8 @@ def train_reward(
         if report is not None:
             write_json(run_dir / "eval_report.json", report)
         write_json(run_dir / "summary.json", summary)
+    if stop["reason"] != "completed":
+        raise TrainingDiverged(stop["message"])
     return run_dir
 
 

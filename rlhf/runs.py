@@ -165,3 +165,132 @@ def folder_hash(path: Path) -> str:
         h.update(str(f.relative_to(path)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def truncate_jsonl(path: Path, max_step: int) -> None:
+    """Drop the rows a killed run logged after the checkpoint it resumes from (they are logged again),
+    and any line cut by the kill. Shared by reward and PPO resume."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= max_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+
+def read_weights(folder: Path, stem: str = "model") -> dict[str, Any]:
+    """The tensors of `folder/<stem>.safetensors` (or its sharded index)."""
+    from safetensors.torch import load_file
+
+    single = folder / f"{stem}.safetensors"
+    if single.exists():
+        return load_file(str(single))
+    index = folder / f"{stem}.safetensors.index.json"
+    if not index.exists():
+        raise WorkbenchError(f"{folder} holds no {stem}.safetensors; the checkpoint is incomplete")
+    out: dict[str, Any] = {}
+    for name in sorted(set(read_json(index)["weight_map"].values())):
+        out.update(load_file(str(folder / name)))
+    return out
+
+
+def load_weights(model: Any, weights: dict[str, Any]) -> None:
+    """load_state_dict that accepts only missing keys tied to loaded ones (tied embeddings)."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    own = model.state_dict()
+    loaded_ptrs = {own[k].data_ptr() for k in weights if k in own}
+    untied = [k for k in missing if own[k].data_ptr() not in loaded_ptrs]
+    if unexpected or untied:
+        raise WorkbenchError(f"checkpoint does not match the model: missing {untied[:5]}, unexpected {unexpected[:5]}")
+
+
+def weights_finite(weights: dict[str, Any]) -> bool:
+    """No NaN/inf in any floating-point tensor."""
+    import torch
+
+    return all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point())
+
+
+# -- the NaN / exploding-loss guard (reward training and PPO) ----------------------------------
+
+EXPLODE_WINDOW = 20  # the running median is over this many previous steps
+EXPLODE_MIN_HISTORY = 5  # no explosion is called before this many finite steps
+EXPLODE_FLOOR = 0.1  # medians below this count as this (a loss near 0 must not make noise look explosive)
+
+
+def loss_explodes(
+    history: list[float],
+    value: float,
+    factor: float | None,
+    window: int = EXPLODE_WINDOW,
+    floor: float = EXPLODE_FLOOR,
+    min_history: int = EXPLODE_MIN_HISTORY,
+) -> float | None:
+    """The exploding-loss rule: `value` explodes when
+
+        |value| > factor x max(median(|x| over the last `window` finite steps before it), floor)
+
+    and at least `min_history` such steps exist. Returns the threshold it exceeded, else None
+    (factor None = the rule is off). Absolute values: PPO's policy loss is often negative."""
+    recent = sorted(abs(x) for x in history[-window:])
+    if factor is None or len(recent) < min_history:
+        return None
+    n = len(recent)
+    median = recent[n // 2] if n % 2 else (recent[n // 2 - 1] + recent[n // 2]) / 2
+    threshold = factor * max(median, floor)
+    return threshold if abs(value) > threshold else None
+
+
+class LossGuard:
+    """Per-step check of training losses: the first NaN/inf (`non_finite`) or exploding loss
+    (`loss_explosion`, see `loss_explodes`) gives a stop record; a run stops there and keeps its
+    last good checkpoint. `explode_keys`: the values the explosion rule applies to (the others are
+    only checked for NaN/inf)."""
+
+    def __init__(self, factor: float | None, explode_keys: tuple[str, ...], window: int = EXPLODE_WINDOW):
+        self.factor, self.explode_keys, self.window = factor, explode_keys, window
+        self.history: dict[str, list[float]] = {k: [] for k in explode_keys}
+        self.stop: dict[str, Any] | None = None  # the record that stopped the run, once one did
+
+    def check(self, step: int, values: dict[str, float]) -> dict[str, Any] | None:
+        for name, v in values.items():
+            if not math.isfinite(v):
+                return {"reason": "non_finite", "step": step, "metric": name, "value": clean_number(v)}
+        for name in self.explode_keys:
+            if name not in values:
+                continue
+            threshold = loss_explodes(self.history[name], values[name], self.factor, self.window)
+            if threshold is not None:
+                return {
+                    "reason": "loss_explosion",
+                    "step": step,
+                    "metric": name,
+                    "value": values[name],
+                    "threshold": threshold,
+                    "loss_explode_factor": self.factor,
+                }
+        for name in self.explode_keys:
+            if name in values:
+                self.history[name] = (self.history[name] + [values[name]])[-self.window :]
+        return None
+
+
+def divergence_message(stop: dict[str, Any], kept: str, advice: str) -> str:
+    """The one message a diverged run ends with: the step, the value, what was kept, what to do."""
+    if stop["reason"] == "non_finite":
+        what = f"{stop['metric']} = {stop['value']} (not a finite number)"
+    else:
+        what = (
+            f"{stop['metric']} = {stop['value']:.4g}, over {stop['loss_explode_factor']:g} x the running median "
+            f"of its last {EXPLODE_WINDOW} steps (threshold {stop['threshold']:.4g}; `loss_explode_factor`)"
+        )
+    return f"training diverged at step {stop['step']}: {what}. The run stopped; kept {kept}. {advice}"

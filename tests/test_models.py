@@ -112,6 +112,15 @@ def test_dtype_choice():
         models.pick_dtype("int3", "cpu")
 
 
+@pytest.mark.parametrize("bf16_ok, expected", [(True, "bfloat16"), (False, "float16")])
+def test_dtype_auto_on_a_cuda_gpu_is_bf16_or_fp16(monkeypatch, bf16_ok, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
+    assert models.pick_dtype("auto", "cuda") == getattr(torch, expected)
+    assert models.pick_dtype("auto", "cuda:1") == getattr(torch, expected)
+
+
 @pytest.mark.slow
 def test_embedded_smollm2_converts_once_then_loads_fast(home):
     from rlhf.generate import GenerationSettings, generate_responses

@@ -281,3 +281,40 @@ def test_smollm2_lora_short_run(home, tmp_path, store):
     model, tok = load_reward_model(run)
     assert model.config.num_labels == 1 and not hasattr(model, "peft_config")  # adapters merged
     assert (run / "eval_report.json").exists()
+
+
+@pytest.mark.parametrize(
+    "cuda, bf16, asked, expected",
+    [
+        (False, True, "auto", "bf16"),  # AMX / AVX512-BF16 CPU
+        (False, False, "auto", "no"),
+        (True, True, "auto", "bf16"),  # A100, H100
+        (True, False, "auto", "fp16"),  # V100, T4: fp16 with loss scaling
+        (True, True, "fp16", "fp16"),
+        (False, False, "bf16", "bf16"),
+        (False, True, "fp32", "no"),
+    ],
+)
+def test_mixed_precision_choice(monkeypatch, cuda, bf16, asked, expected):
+    import torch
+
+    from rlhf import reward
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(reward, "hardware_has_bf16", lambda: bf16)
+    assert reward.mixed_precision(asked) == expected
+
+
+def test_fp16_without_a_gpu_is_refused_with_the_other_problems(monkeypatch, tmp_path):
+    import torch
+
+    from rlhf.ppo import PPOOptions, build_ppo_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fix = "`precision: fp16` needs a CUDA GPU (no GPU here); use auto, bf16 or fp32"
+    with pytest.raises(ValidationError) as e:
+        build_reward_config(RewardOptions(precision="fp16"), {"learning_rate": -1.0}, tmp_path, has_eval=False)
+    assert e.value.problems == [fix, "`learning_rate` must be > 0, got -1.0"]
+    with pytest.raises(ValidationError) as e:
+        build_ppo_config(PPOOptions(precision="fp16"), {"learning_rate": -1.0}, tmp_path)
+    assert e.value.problems == [fix, "`learning_rate` must be > 0, got -1.0"]

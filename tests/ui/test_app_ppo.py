@@ -149,6 +149,9 @@ def test_run_warnings_read_thresholds_from_config(tmp_path):
     assert pdash.stop_message(steady.summary) is None
     msg = pdash.stop_message({"stop": {"reason": "kl_budget", "step": 6, "kl": 12.0, "kl_budget": 10.0}})
     assert msg == "Stopped by the KL budget at step 6: KL 12.00 > 10.00. Saved policy: the starting policy (step 0)."
+    diverged = {"reason": "non_finite", "step": 3, "message": "training diverged at step 3: loss/value_avg = nan"}
+    assert pdash.stop_message({"stop": diverged}) == "Stopped: training diverged at step 3: loss/value_avg = nan"
+    assert pdash.stop_message({"stop": {"reason": "other"}}) == "Stopped: other."
 
 
 # -- reading runs, samples, comparing -----------------------------------------------------------------
