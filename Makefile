@@ -13,7 +13,7 @@ export RLHF_HOME ?= $(CURDIR)/rlhf-data
 export TOKENIZERS_PARALLELISM ?= false
 APP_PORT ?= 8501
 
-.PHONY: setup test test-fast demo app pipeline pipeline-quick bench lint browser-deps clean
+.PHONY: setup test test-fast demo app pipeline pipeline-quick bench gpu-check lint browser-deps clean
 
 setup: $(STAMP)
 	@$(VENV)/bin/rlhf init
@@ -55,14 +55,20 @@ app: setup
 
 # The whole loop without a human: a SIMULATED annotator labels, then reward model + PPO on SmolLM2,
 # and an HTML report (rlhf-data/pipeline/round/round-0/report.html). pipeline-quick: the tiny model.
+# On a GPU: make pipeline CONFIG=pipelines/configs/round_gpu.yaml (a bigger round: ~4 min on an H200).
+CONFIG ?= pipelines/configs/round.yaml
 pipeline: setup
-	$(VENV)/bin/rlhf pipeline run pipelines/configs/round.yaml
+	$(VENV)/bin/rlhf pipeline run $(CONFIG)
 
 pipeline-quick: setup
 	$(VENV)/bin/rlhf pipeline run pipelines/configs/quick.yaml
 
+# gpu_check.py needs a CUDA GPU: `make gpu-check` there (TORCH_SPEC=torch at setup).
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/*.py; do [ $$b = benchmarks/gpu_check.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --out gpu-check
 
 lint: setup
 	$(VENV)/bin/ruff check .

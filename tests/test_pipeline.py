@@ -183,7 +183,7 @@ def test_bad_config_fails_before_any_stage_naming_every_problem(home: Path, tmp_
     assert not (home / "pipeline").exists()  # nothing ran, nothing was written
 
 
-@pytest.mark.parametrize("name", ["quick.yaml", "round.yaml"])
+@pytest.mark.parametrize("name", ["quick.yaml", "round.yaml", "round_gpu.yaml"])
 def test_shipped_configs_load(home: Path, name: str) -> None:
     from rlhf.pipeline import load_pipeline_config
 
