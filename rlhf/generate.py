@@ -161,8 +161,10 @@ def generate_candidates(
     dtype: str = "auto",
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    prompt_ids: Sequence[int] | None = None,
 ) -> GenerationReport:
-    """Generate K candidates for up to `limit` prompts that have none from `model` yet.
+    """Generate K candidates for up to `limit` prompts that have none from `model` yet (only among
+    `prompt_ids` when given).
 
     `progress(done, total)` is called after each stored batch (the CLI draws a bar with it)."""
     from rlhf.models import canonical_name, load_causal_lm
@@ -170,7 +172,7 @@ def generate_candidates(
     settings = (settings or GenerationSettings()).validate()
     store.require_ready()
     model_label = canonical_name(model)
-    todo = store.prompts_without_candidates(model_label, limit=limit, category=category)
+    todo = store.prompts_without_candidates(model_label, limit=limit, category=category, ids=prompt_ids)
     report = GenerationReport()
     if not todo:
         return report

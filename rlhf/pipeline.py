@@ -15,6 +15,13 @@ up front and raises one `ValidationError` listing every problem before anything 
         report.html            one self-contained page (inline SVG plots), report.json, plots/*.png
                                when matplotlib is installed
 
+Prompts: the pipeline's prompts (in the order they were added) are split once per round's config:
+the LAST max(evaluation.prompts, ppo.eval_prompts) are held out (never given candidates, labeled or
+trained on by PPO: the evaluation stage and PPO's held-out evaluation use them), the rest are the
+training pool. Round N gives candidates to the pool's next `generation.limit` prompts, starting at
+N x limit and wrapping around (`round_window`), so rounds label new prompts; PPO trains on the whole
+pool.
+
 Skip-if-done: a stage's key is the hash of its resolved config section and the output hashes of
 the stages it reads. A stage whose stage.json holds the same key is skipped; any change re-runs
 that stage, and (their inputs changed with it) every later stage. Round N > 0 first brings rounds
@@ -93,7 +100,8 @@ class EvaluationConfig:
     """Round comparison: each round's policy against the starting model on the same prompts."""
 
     prompts: int = field(
-        default=8, metadata={"help": "Prompts evaluated (the store's last N: far from the first ones labeled)."}
+        default=8,
+        metadata={"help": "Prompts evaluated: the first N of the held-out prompts (never labeled, never trained on)."},
     )
     max_new_tokens: int = field(default=48, metadata={"help": "Response length for every policy compared."})
     temperature: float = field(
@@ -427,6 +435,45 @@ def _stage_prompts(r: _Round) -> dict[str, Any]:
     return r.run("prompts", {"prompts": contents_hash}, work, in_store)
 
 
+def round_window(pool: int, number: int, limit: int | None) -> list[int]:
+    """Indices into the training pool of the prompts round `number` gives candidates to: `limit`
+    of them from number x limit on, wrapping around the pool's end; all of them without a limit."""
+    if pool < 1:
+        return []
+    if limit is None or limit >= pool:
+        return list(range(pool))
+    start = number * limit % pool
+    return [(start + i) % pool for i in range(limit)]
+
+
+@dataclass
+class PromptPlan:
+    """The pipeline store's prompts split for a round: (id, content) pairs in id order."""
+
+    pool: list[tuple[int, Any]]  # candidates and PPO training
+    held_out: list[tuple[int, Any]]  # evaluation only
+
+    def ids_hash(self) -> str:
+        return _hash([[i for i, _ in self.pool], [i for i, _ in self.held_out]])
+
+
+def _prompt_plan(r: _Round) -> PromptPlan:
+    from sqlalchemy import select
+
+    from rlhf.schema import Prompt
+
+    with r.store.session() as s:
+        rows = [(p.id, p.content) for p in s.scalars(select(Prompt).order_by(Prompt.id))]
+    n_held = max(r.config.evaluation.prompts, r.config.ppo.eval_prompts)
+    if len(rows) < n_held + 2:
+        raise WorkbenchError(
+            f"the pipeline has {len(rows)} prompts; it holds out the last {n_held} for evaluation "
+            f"(the larger of evaluation.prompts and ppo.eval_prompts) and needs at least 2 more to train on: "
+            "add prompts or lower those two settings"
+        )
+    return PromptPlan(rows[: len(rows) - n_held], rows[len(rows) - n_held :])
+
+
 def _round_comparisons(store: Any, number: int) -> list[Any]:
     from sqlalchemy import select
     from sqlalchemy.orm import joinedload
@@ -467,8 +514,12 @@ def _comparisons_hash(comps: list[Any]) -> str:
     return _hash([[c.id, c.prompt_id, c.completion_a.text, c.completion_b.text, c.completion_a.model] for c in comps])
 
 
-def _stage_generate(r: _Round, policy: str, policy_hash: str) -> dict[str, Any]:
+def _stage_generate(r: _Round, policy: str, policy_hash: str, plan: PromptPlan) -> dict[str, Any]:
     from rlhf.generate import generate_candidates
+
+    window = round_window(len(plan.pool), r.number, r.config.generation_limit)
+    ids = [plan.pool[i][0] for i in window]
+    prompts = {"pool": len(plan.pool), "held_out": len(plan.held_out), "first": window[0], "count": len(ids)}
 
     def work(folder: Path) -> dict[str, Any]:
         _delete_round(r.store, r.number)
@@ -476,9 +527,9 @@ def _stage_generate(r: _Round, policy: str, policy_hash: str) -> dict[str, Any]:
             r.store,
             model=policy,
             settings=r.config.generation,
-            limit=r.config.generation_limit,
             required_labels=1,
             round=r.number,
+            prompt_ids=ids,
         )
         comps = _round_comparisons(r.store, r.number)
         if not comps:
@@ -499,13 +550,18 @@ def _stage_generate(r: _Round, policy: str, policy_hash: str) -> dict[str, Any]:
         ]
         (folder / "candidates.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows), encoding="utf-8")
         summary = {**dataclasses.asdict(report), "tokens_per_s": report.tokens_per_s, "model": policy}
-        return {"output_hash": _comparisons_hash(comps), "comparisons": len(comps), "generation": summary}
+        return {
+            "output_hash": _comparisons_hash(comps),
+            "comparisons": len(comps),
+            "generation": summary,
+            "prompts": prompts,
+        }
 
     def in_store(record: dict[str, Any]) -> bool:
         comps = _round_comparisons(r.store, r.number)
         return bool(comps) and _comparisons_hash(comps) == record["output_hash"]
 
-    inputs = {"prompts": r.done["prompts"]["output_hash"], "policy": policy_hash}
+    inputs = {"prompts": r.done["prompts"]["output_hash"], "policy": policy_hash, "window": _hash(ids)}
     return r.run("generate", inputs, work, in_store)
 
 
@@ -623,7 +679,7 @@ def _stage_reward(r: _Round) -> dict[str, Any]:
     return r.run("reward", {"export": r.done["export"]["output_hash"]}, work, model_there)
 
 
-def _stage_ppo(r: _Round, policy: str, policy_hash: str) -> dict[str, Any]:
+def _stage_ppo(r: _Round, policy: str, policy_hash: str, plan: PromptPlan) -> dict[str, Any]:
     from rlhf.ppo import train_ppo
 
     def work(folder: Path) -> dict[str, Any]:
@@ -631,7 +687,12 @@ def _stage_ppo(r: _Round, policy: str, policy_hash: str) -> dict[str, Any]:
         run.mkdir()
         options = dataclasses.replace(r.config.ppo, policy=policy)
         reward_run = r.stage_dir("reward") / "run"
-        train_ppo(reward_run, options, r.config.ppo_trl, r.config.ppo_max_steps, store=r.store, run_dir=run)
+        # The pool is trained on; the held-out prompts are PPO's `test` split: its evaluation prompts.
+        prompts = folder / "prompts.jsonl"
+        rows = [{"prompt": c, "split": "train"} for _, c in plan.pool]
+        rows += [{"prompt": c, "split": "test"} for _, c in plan.held_out]
+        prompts.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8")
+        train_ppo(reward_run, options, r.config.ppo_trl, r.config.ppo_max_steps, prompts=prompts, run_dir=run)
         # The pipeline re-runs a stage rather than resuming it: the checkpoints (policy + value +
         # optimizer, ~3 GB each for SmolLM2) have served (KL budget) once the policy is saved.
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
@@ -646,21 +707,11 @@ def _stage_ppo(r: _Round, policy: str, policy_hash: str) -> dict[str, Any]:
     def policy_there(record: dict[str, Any]) -> bool:
         return (r.stage_dir("ppo") / "run" / "policy" / "config.json").exists()
 
-    inputs = {"reward": r.done["reward"]["output_hash"], "policy": policy_hash}
+    inputs = {"reward": r.done["reward"]["output_hash"], "policy": policy_hash, "prompts": plan.ids_hash()}
     return r.run("ppo", inputs, work, policy_there)
 
 
-def _eval_prompts(store: Any, n: int) -> list[Any]:
-    from sqlalchemy import select
-
-    from rlhf.schema import Prompt
-
-    with store.session() as s:
-        rows = list(s.scalars(select(Prompt).order_by(Prompt.id.desc()).limit(n)))
-    return [p.content for p in reversed(rows)]
-
-
-def _stage_evaluate(r: _Round, policies: dict[str, str], ppo_hashes: list[str]) -> dict[str, Any]:
+def _stage_evaluate(r: _Round, policies: dict[str, str], ppo_hashes: list[str], plan: PromptPlan) -> dict[str, Any]:
     """Greedy responses of the starting model and of each round's policy on the same prompts,
     scored by this round's reward model and judged by the simulated annotator's rule (no noise):
     win rate against the start (`base`), ties counting half."""
@@ -670,8 +721,9 @@ def _stage_evaluate(r: _Round, policies: dict[str, str], ppo_hashes: list[str]) 
 
     cfg = r.config.evaluation
 
+    prompts = [c for _, c in plan.held_out[: cfg.prompts]]  # never labeled, never trained on
+
     def work(folder: Path) -> dict[str, Any]:
-        prompts = _eval_prompts(r.store, cfg.prompts)
         sample = cfg.temperature > 0
         settings = GenerationSettings(
             do_sample=sample,
@@ -721,7 +773,12 @@ def _stage_evaluate(r: _Round, policies: dict[str, str], ppo_hashes: list[str]) 
         )
         return {"output_hash": _hash([per_policy, rows]), "results": per_policy}
 
-    inputs = {"reward": r.done["reward"]["output_hash"], "ppo": _hash(ppo_hashes), "policies": _hash(policies)}
+    inputs = {
+        "reward": r.done["reward"]["output_hash"],
+        "ppo": _hash(ppo_hashes),
+        "policies": _hash(policies),
+        "prompts": _hash([i for i, _ in plan.held_out[: cfg.prompts]]),
+    }
     return r.run("evaluate", inputs, work)
 
 
@@ -783,15 +840,16 @@ def _run_round(
         prev = previous[-1].done["ppo"]
         policy, policy_hash = prev["policy"], prev["output_hash"]
     _stage_prompts(r)
-    _stage_generate(r, policy, policy_hash)
+    plan = _prompt_plan(r)
+    _stage_generate(r, policy, policy_hash, plan)
     _stage_label(r)
     _stage_export(r, [p.done["label"]["output_hash"] for p in previous] + [r.done["label"]["output_hash"]])
     _stage_reward(r)
-    _stage_ppo(r, policy, policy_hash)
+    _stage_ppo(r, policy, policy_hash, plan)
     policies = {"base": config.model}
     for p in [*previous, r]:
         policies[f"round {p.number}"] = p.done["ppo"]["policy"]
-    _stage_evaluate(r, policies, [p.done["ppo"]["output_hash"] for p in [*previous, r]])
+    _stage_evaluate(r, policies, [p.done["ppo"]["output_hash"] for p in [*previous, r]], plan)
     _stage_report(r, previous)
     return r
 
@@ -871,6 +929,7 @@ def build_round_report(r: _Round, previous: list[_Round]) -> dict[str, Any]:
             if s in r.done
         },
         "generation": r.done["generate"].get("generation"),
+        "prompts": r.done["generate"].get("prompts"),  # pool / held out / this round's window
         "export": r.done["export"].get("counts"),
         "reward_model": {
             "eval_accuracy": r.done["reward"].get("eval_accuracy"),
@@ -1003,6 +1062,16 @@ def _write_pngs(report: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def _prompts_line(p: dict[str, Any] | None) -> str:
+    if not p:
+        return ""
+    return (
+        f"<p>Prompts: this round gave candidates to {p['count']} of the {p['pool']} training prompts "
+        f"(from #{p['first'] + 1} of the pool, wrapping); the last {p['held_out']} prompts are held out "
+        "for evaluation: never labeled, never trained on.</p>"
+    )
+
+
 def render_report_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     """One self-contained page: no external file, script or font."""
     esc = html.escape
@@ -1033,6 +1102,7 @@ def render_report_html(report: dict[str, Any], plots: dict[str, str]) -> str:
 <p>Config: <code>{esc(report["config_file"])}</code>. Labels by the <b>simulated annotator</b>
 <code>{esc(a["name"])}</code> (rule <code>{esc(a["rule"])}</code>, noise {a["noise"]}): {a["labels"]} labels
 {esc(json.dumps(a["choices"]))}, {a["flipped"]} flipped by noise.</p>
+{_prompts_line(report.get("prompts"))}
 <h2>Rounds compared</h2>{table(report["rounds"])}
 <div class="plots">{plots["rounds"]}</div>
 <h2>Reward model</h2><p>Held-out accuracy {_fmt(rm["eval_accuracy"])}

@@ -390,13 +390,16 @@ class Store:
         return len(rows), n_pairs
 
     def prompts_without_candidates(
-        self, model: str, limit: int | None = None, category: str | None = None
+        self, model: str, limit: int | None = None, category: str | None = None, ids: Sequence[int] | None = None
     ) -> list[Prompt]:
-        """Prompts with no completion from `model` yet (what `generate` still has to do)."""
+        """Prompts with no completion from `model` yet (what `generate` still has to do); `ids`: only
+        among these prompts."""
         done = select(Completion.prompt_id).where(Completion.model == model)
         q = select(Prompt).where(Prompt.id.not_in(done)).order_by(Prompt.id)
         if category:
             q = q.where(Prompt.category == category)
+        if ids is not None:
+            q = q.where(Prompt.id.in_(list(ids)))
         if limit:
             q = q.limit(limit)
         with self.session() as s:
