@@ -506,6 +506,31 @@ def pipeline_run(
     out.print(f"round folder: {folder}\nreport: {folder / 'report.html'}")
 
 
+@app.command("round")
+def round_(
+    config: Path = typer.Argument(..., help="Pipeline YAML: its generation, export, reward and ppo sections."),
+) -> None:
+    """Close the labeling round of the data home's store and open the next (the app's Rounds page).
+
+    Every label so far -> reward model -> PPO from the previous round's policy -> candidates for the
+    next round from the tuned policy, in the annotators' queues. Unchanged stages are skipped."""
+    from rlhf.pipeline import run_store_round
+
+    start = time.perf_counter()
+
+    def progress(n: int, stage: str, status: str) -> None:
+        err.print(f"round {n} {stage}: {status} ({time.perf_counter() - start:.0f} s)", highlight=False)
+
+    folder = run_store_round(config, progress=progress)
+    summary = json.loads((folder / "round.json").read_text(encoding="utf-8"))
+    out.print(
+        f"round {summary['round']} closed: reward model held-out accuracy {summary['reward_eval_accuracy']}, "
+        f"policy {summary['policy']}\nround {summary['next_round']}: {summary['next_round_comparisons']} "
+        f"comparisons to label\nround folder: {folder}",
+        highlight=False,
+    )
+
+
 @pipeline_app.command("check")
 def pipeline_check(config: Path = typer.Argument(..., help="Pipeline YAML.")) -> None:
     """Validate a pipeline YAML (every problem at once) without running anything."""

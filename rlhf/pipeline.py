@@ -1132,3 +1132,130 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     return str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rounds with people: the data home's store, labeled in the app
+# ---------------------------------------------------------------------------------------------
+
+
+def store_rounds_dir() -> Path:
+    """`<RLHF_HOME>/rounds`: one folder per closed labeling round of the data home's store."""
+    from rlhf.home import ensure_home
+
+    return ensure_home() / "rounds"
+
+
+def labeled_round(store: Any) -> tuple[int | None, int]:
+    """(the newest round that has a submitted label, submitted labels in all rounds)."""
+    from sqlalchemy import func, select
+
+    from rlhf.schema import Comparison, Label
+
+    with store.session() as s:
+        q = select(func.max(Comparison.round), func.count(Label.id)).join(Label, Label.comparison_id == Comparison.id)
+        newest, count = s.execute(q.where(Label.status == "submitted")).one()
+    return newest, int(count or 0)
+
+
+def _all_labels_hash(store: Any) -> str:
+    from sqlalchemy import select
+
+    from rlhf.schema import Label
+
+    with store.session() as s:
+        q = select(Label.comparison_id, Label.annotator_id, Label.choice, Label.strength).where(
+            Label.status == "submitted"
+        )
+        return _hash(sorted(list(map(list, s.execute(q).all())), key=lambda x: (x[0], x[1])))
+
+
+def _previous_policy(root: Path, number: int, config: PipelineConfig) -> tuple[str, str]:
+    """Round N starts from round N-1's PPO policy when round N-1 was closed here, else the config's model."""
+    record = root / f"round-{number - 1}" / f"{STAGES.index('ppo') + 1}-ppo" / "stage.json"
+    if number > 0 and record.exists():
+        prev = read_json(record)
+        if Path(prev["policy"], "config.json").exists():
+            return prev["policy"], prev["output_hash"]
+    return config.model, _hash(config.model)
+
+
+def _stage_next_candidates(r: _Round, plan: PromptPlan) -> dict[str, Any]:
+    """Round N+1's candidates from round N's tuned policy, into the annotators' queues."""
+    from rlhf.generate import generate_candidates
+
+    policy, nxt = r.done["ppo"]["policy"], r.number + 1
+    window = round_window(len(plan.pool), nxt, r.config.generation_limit)
+    ids = [plan.pool[i][0] for i in window]
+
+    def work(folder: Path) -> dict[str, Any]:
+        report = generate_candidates(r.store, model=policy, settings=r.config.generation, round=nxt, prompt_ids=ids)
+        comps = _round_comparisons(r.store, nxt)
+        if not comps:
+            raise WorkbenchError(
+                f"round {nxt}: generation made no comparison (every pair identical?); "
+                "raise `generation.temperature` or `generation.num_candidates`"
+            )
+        summary = {**dataclasses.asdict(report), "tokens_per_s": report.tokens_per_s, "model": policy}
+        return {"output_hash": _comparisons_hash(comps), "round": nxt, "comparisons": len(comps), "generation": summary}
+
+    def in_store(record: dict[str, Any]) -> bool:
+        comps = _round_comparisons(r.store, nxt)
+        return bool(comps) and _comparisons_hash(comps) == record["output_hash"]
+
+    return r.run("generate", {"ppo": r.done["ppo"]["output_hash"], "window": _hash(ids)}, work, in_store)
+
+
+def run_store_round(config_path: Path, store: Any | None = None, progress: Progress | None = None) -> Path:
+    """Close the labeling round of the data home's store (what annotators label in the app) and open
+    the next: export every label so far, train the reward model, run PPO from the previous round's
+    policy (round 0: `generation.model`), then give the pool's next `generation.limit` prompts
+    candidates from the tuned policy as round N+1 (they appear in the annotators' queues).
+
+    N is the newest round with a submitted label. The config is a pipeline YAML (its `generation`,
+    `export`, `reward`, `ppo` sections and the held-out counts; `prompts` and `annotator` are not
+    used: the prompts and labels are the store's). Writes `<RLHF_HOME>/rounds/round-<N>/` with
+    `4-export/ 5-reward/run 6-ppo/run 2-generate/` (the next round's candidates) and `round.json`.
+    Stages are skipped when their inputs are unchanged, so a click after new labels re-trains and a
+    click after a crash resumes at the stage that did not finish. Nothing already stored is deleted."""
+    from rlhf.store import Store
+
+    config = load_pipeline_config(Path(config_path))
+    store = store or Store()
+    store.require_ready()
+    number, n_labels = labeled_round(store)
+    if number is None:
+        raise WorkbenchError(
+            "no labels yet: annotators label on the Label page first (candidates come from the Project page "
+            "or `rlhf generate`)"
+        )
+    root = store_rounds_dir()
+    r = _Round(config, number, root, store, progress)
+    r.dir.mkdir(parents=True, exist_ok=True)
+    policy, policy_hash = _previous_policy(root, number, config)
+    _stage_export(r, [_all_labels_hash(store)])
+    _stage_reward(r)
+    plan = _prompt_plan(r)
+    _stage_ppo(r, policy, policy_hash, plan)
+    _stage_next_candidates(r, plan)
+    ppo = r.done["ppo"]
+    write_json(
+        r.dir / "round.json",
+        {
+            "round": number,
+            "config_file": str(config.path),
+            "labels": n_labels,
+            "export": r.done["export"].get("counts"),
+            "reward_eval_accuracy": r.done["reward"].get("eval_accuracy"),
+            "reward_eval_accuracy_before": r.done["reward"].get("eval_accuracy_before"),
+            "reward_run": str(r.stage_dir("reward") / "run"),
+            "policy_start": policy,
+            "policy": ppo["policy"],
+            "ppo_run": str(r.stage_dir("ppo") / "run"),
+            "ppo_eval": ppo.get("eval"),
+            "next_round": number + 1,
+            "next_round_comparisons": r.done["generate"]["comparisons"],
+            "stages": {s: round(v.get("seconds") or 0.0, 1) for s, v in r.done.items()},
+        },
+    )
+    return r.dir

@@ -1,0 +1,105 @@
+"""Rounds with people (`rlhf round`, the app's Rounds page): close the labeling round of the data home's
+store (export every label, reward model, PPO) and open the next with candidates from the tuned policy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+QUICK = Path(__file__).parents[1] / "pipelines" / "configs" / "quick.yaml"
+
+
+def label_round(store, number: int, annotator: str) -> int:
+    """Label every comparison of round `number` as a person following the simulated rule would."""
+    from rlhf.pipeline import _round_comparisons, simulated_verdict
+
+    ann = next((a for a in store.list_annotators() if a.name == annotator), None)
+    ann = ann or store.add_annotator(annotator)[0]
+    comps = _round_comparisons(store, number)
+    for c in comps:
+        choice, strength = simulated_verdict(
+            c.completion_a.text, c.completion_a.finish_reason, c.completion_b.text, c.completion_b.finish_reason
+        )
+        store.save_label(c.id, ann.id, choice, strength=strength if choice in ("A", "B") else None)
+    return len(comps)
+
+
+@pytest.fixture
+def app_store(home, store, tiny_model_dir):
+    """The data home's store as the app leaves it: the 160 demo prompts, round-0 candidates from the tiny
+    model for the first 24, each labeled by `alice`."""
+    from rlhf.generate import GenerationSettings, generate_candidates
+    from rlhf.io import import_prompts
+    from rlhf.pipeline import DEMO_PROMPTS
+
+    shutil.copytree(tiny_model_dir, home / "models" / "tiny")
+    import_prompts(store, DEMO_PROMPTS)
+    settings = GenerationSettings(max_new_tokens=16, temperature=1.0, batch_size=8)
+    generate_candidates(store, model="tiny", settings=settings, limit=24, required_labels=1)
+    assert label_round(store, 0, "alice") == 24
+    return store
+
+
+def test_no_labels_is_a_clear_error(home, store):
+    from rlhf.errors import WorkbenchError
+    from rlhf.pipeline import run_store_round
+
+    with pytest.raises(WorkbenchError, match="no labels yet: annotators label on the Label page first"):
+        run_store_round(QUICK, store)
+
+
+def test_close_round_zero_then_round_one(app_store, home):
+    from sqlalchemy import func, select
+
+    from rlhf.pipeline import run_store_round
+    from rlhf.schema import Comparison, Completion, Label, Prompt
+
+    store = app_store
+    statuses: dict[str, str] = {}
+    out = run_store_round(QUICK, store, progress=lambda n, stage, status: statuses.__setitem__(stage, status))
+    assert out == home / "rounds" / "round-0"
+    assert statuses == {"export": "done", "reward": "done", "ppo": "done", "generate": "done"}
+    summary = json.loads((out / "round.json").read_text())
+    policy = str(out / "6-ppo" / "run" / "policy")
+    assert summary["round"] == 0 and summary["labels"] == 24 and summary["next_round"] == 1
+    assert summary["policy_start"] == "tiny" and summary["policy"] == policy
+    assert (out / "5-reward" / "run" / "model" / "config.json").exists()
+    with store.session() as s:
+        ids = list(s.scalars(select(Prompt.id).order_by(Prompt.id)))
+        round1 = list(s.scalars(select(Comparison).where(Comparison.round == 1)))
+        models = set(s.scalars(select(Completion.model).where(Completion.id.in_([c.completion_a_id for c in round1]))))
+        n_labels = s.scalar(select(func.count(Label.id)))
+    # quick.yaml holds out the last 8 prompts; round 1 gives candidates to the pool's next 24 prompts.
+    assert {c.prompt_id for c in round1} == set(ids[24:48]) and models == {policy}
+    assert summary["next_round_comparisons"] == len(round1) > 0
+    assert n_labels == 24  # nothing stored was touched
+
+    # Again with no new label: every stage is up to date.
+    statuses.clear()
+    assert run_store_round(QUICK, store, progress=lambda n, stage, status: statuses.__setitem__(stage, status)) == out
+    assert set(statuses.values()) == {"skipped"}
+
+    # Round 1 labeled: closing it trains on both rounds' labels and starts PPO from round 0's policy.
+    assert label_round(store, 1, "bob") == len(round1)
+    out1 = run_store_round(QUICK, store)
+    assert out1 == home / "rounds" / "round-1"
+    summary1 = json.loads((out1 / "round.json").read_text())
+    assert summary1["policy_start"] == policy and summary1["labels"] == 24 + len(round1)
+    assert json.loads((out1 / "4-export" / "stage.json").read_text())["rounds"] == [0, 1]
+    with store.session() as s:
+        round2 = set(s.scalars(select(Comparison.prompt_id).where(Comparison.round == 2)))
+    assert round2 == set(ids[48:72])
+
+
+def test_cli_round(app_store, home):
+    from typer.testing import CliRunner
+
+    from rlhf.cli import app
+
+    result = CliRunner().invoke(app, ["round", str(QUICK)])
+    assert result.exit_code == 0, result.output
+    assert "round 0 closed: reward model held-out accuracy" in result.output
+    assert "round 1: " in result.output and "comparisons to label" in result.output
