@@ -1,8 +1,8 @@
 """Entry point: `streamlit run labeling_ui/streamlit_app.py` (store from RLHF_HOME / RLHF_DB_URL).
 
 Logs the visitor in (a `?token=` link or the form), then offers only the pages their role may see:
-annotators get the labeling page; admins also get project, annotator, quality, data, reward-model and
-PPO-run pages. Each admin page checks the role again itself.
+annotators get the labeling page; admins also get project, annotator, quality, data, reward-model,
+PPO-run and rounds pages. Each admin page checks the role again itself.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ else:
                 "app_pages/reward.py", title="Reward model", icon=":material/model_training:", url_path="reward"
             ),
             st.Page("app_pages/ppo.py", title="PPO runs", icon=":material/monitoring:", url_path="ppo"),
+            st.Page("app_pages/rounds.py", title="Rounds", icon=":material/autorenew:", url_path="rounds"),
         ]
         page = st.navigation({"Labeling": [label], "Admin": admin})
     else:

@@ -27,9 +27,7 @@ def seed_labeling(
 ) -> Seeded:
     """`n_prompts` prompts (one of them chat messages) with two candidates each -> one comparison each."""
     records = [
-        PromptRecord(
-            f"Prompt number {i}: explain topic {i} in **two** sentences.", category=("advice", "code")[i % 2]
-        )
+        PromptRecord(f"Prompt number {i}: explain topic {i} in **two** sentences.", category=("advice", "code")[i % 2])
         for i in range(n_prompts)
     ]
     if n_prompts >= 2:
@@ -56,9 +54,7 @@ def seed_labeling(
         ]
         if xss and i == 0:
             texts[0] = XSS_RESPONSE
-        store.add_candidates(
-            pid, [CompletionRecord(t, "test-model") for t in texts], required_labels=required
-        )
+        store.add_candidates(pid, [CompletionRecord(t, "test-model") for t in texts], required_labels=required)
     admin, admin_token = store.add_annotator("admin", role="admin")
     ids, tokens = [], []
     for i in range(n_annotators):
@@ -87,3 +83,34 @@ def texts(at: Any) -> str:
     ):
         parts += [str(e.value) for e in getattr(at, kind)]
     return "\n".join(parts)
+
+
+def label_round(store: Store, number: int, annotator: str) -> int:
+    """Label every comparison of round `number` as a person following the simulated rule would."""
+    from rlhf.pipeline import _round_comparisons, simulated_verdict
+
+    ann = next((a for a in store.list_annotators() if a.name == annotator), None)
+    ann = ann or store.add_annotator(annotator)[0]
+    comps = _round_comparisons(store, number)
+    for c in comps:
+        choice, strength = simulated_verdict(
+            c.completion_a.text, c.completion_a.finish_reason, c.completion_b.text, c.completion_b.finish_reason
+        )
+        store.save_label(c.id, ann.id, choice, strength=strength if choice in ("A", "B") else None)
+    return len(comps)
+
+
+def seed_round_zero(store: Store, home: Path, tiny_model_dir: Path) -> int:
+    """The data home's store as the app leaves it after a first round: the 160 demo prompts, round-0
+    candidates from the tiny model for the first 24, each labeled by `alice`. Returns the labels."""
+    import shutil
+
+    from rlhf.generate import GenerationSettings, generate_candidates
+    from rlhf.io import import_prompts
+    from rlhf.pipeline import DEMO_PROMPTS
+
+    shutil.copytree(tiny_model_dir, home / "models" / "tiny")
+    import_prompts(store, DEMO_PROMPTS)
+    settings = GenerationSettings(max_new_tokens=16, temperature=1.0, batch_size=8)
+    generate_candidates(store, model="tiny", settings=settings, limit=24, required_labels=1)
+    return label_round(store, 0, "alice")

@@ -4,42 +4,17 @@ store (export every label, reward model, PPO) and open the next with candidates 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from labeling_seed import label_round, seed_round_zero
 
 QUICK = Path(__file__).parents[1] / "pipelines" / "configs" / "quick.yaml"
 
 
-def label_round(store, number: int, annotator: str) -> int:
-    """Label every comparison of round `number` as a person following the simulated rule would."""
-    from rlhf.pipeline import _round_comparisons, simulated_verdict
-
-    ann = next((a for a in store.list_annotators() if a.name == annotator), None)
-    ann = ann or store.add_annotator(annotator)[0]
-    comps = _round_comparisons(store, number)
-    for c in comps:
-        choice, strength = simulated_verdict(
-            c.completion_a.text, c.completion_a.finish_reason, c.completion_b.text, c.completion_b.finish_reason
-        )
-        store.save_label(c.id, ann.id, choice, strength=strength if choice in ("A", "B") else None)
-    return len(comps)
-
-
 @pytest.fixture
 def app_store(home, store, tiny_model_dir):
-    """The data home's store as the app leaves it: the 160 demo prompts, round-0 candidates from the tiny
-    model for the first 24, each labeled by `alice`."""
-    from rlhf.generate import GenerationSettings, generate_candidates
-    from rlhf.io import import_prompts
-    from rlhf.pipeline import DEMO_PROMPTS
-
-    shutil.copytree(tiny_model_dir, home / "models" / "tiny")
-    import_prompts(store, DEMO_PROMPTS)
-    settings = GenerationSettings(max_new_tokens=16, temperature=1.0, batch_size=8)
-    generate_candidates(store, model="tiny", settings=settings, limit=24, required_labels=1)
-    assert label_round(store, 0, "alice") == 24
+    assert seed_round_zero(store, home, tiny_model_dir) == 24
     return store
 
 
