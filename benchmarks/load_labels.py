@@ -97,45 +97,74 @@ def run_load(store: Store, annotators: int = 20, labels: int = 1000, required: i
     wall = time.perf_counter() - t_start
     assert not any(t.is_alive() for t in threads), "an annotator thread hung"
 
+    r = tally(store, acked, required, labels)
+    r.update(
+        annotators=annotators,
+        errors=errors,
+        wall_s=wall,
+        labels_per_s=len(acked) / wall if wall else float("nan"),
+        save_ms=percentiles(save_ms),
+        next_ms=percentiles(next_ms),
+        cycle_ms=percentiles(cycle_ms),
+    )
+    return r
+
+
+def tally(store: Store, acked: list[tuple[int, ...]], required: int, target: int) -> dict[str, Any]:
+    """The invariants after a run: submitted labels in the store against the acknowledged ones.
+
+    `acked`: (label id, comparison, annotator) when the writer knows the label id (store API), or
+    (comparison, annotator) when it only saw the app acknowledge the submit. Also used by the
+    through-the-app load and kill tests (`tests/reliability/test_app_load.py`)."""
     with store.session() as s:
-        stored = list(
-            s.execute(select(Label.id, Label.comparison_id, Label.annotator_id).where(Label.status == "submitted"))
-        )
+        stored = [
+            tuple(row)
+            for row in s.execute(
+                select(Label.id, Label.comparison_id, Label.annotator_id).where(Label.status == "submitted")
+            )
+        ]
+    keyed = stored if acked and len(acked[0]) == 3 else [row[1:] for row in stored]
     per_comparison = Counter(cid for _, cid, _ in stored)
     pairs = Counter((cid, aid) for _, cid, aid in stored)
+    acked_set, stored_set = set(acked), set(keyed)
     return {
         "backend": store.engine.dialect.name,
-        "annotators": annotators,
-        "labels_target": labels,
+        "labels_target": target,
         "labels_acknowledged": len(acked),
         "labels_stored": len(stored),
-        "stored_equals_acknowledged": sorted(stored) == sorted(acked),
+        "stored_equals_acknowledged": sorted(keyed) == sorted(acked),
+        "acknowledged_missing": len(acked_set - stored_set),  # acknowledged, yet not in the store
+        "stored_unacknowledged": len(stored_set - acked_set),  # committed, acknowledgement never seen
         "duplicate_pairs": sum(1 for n in pairs.values() if n > 1),
         "max_labels_per_comparison": max(per_comparison.values(), default=0),
         "required": required,
         "over_labelled": sum(1 for n in per_comparison.values() if n > required),
-        "errors": errors,
-        "wall_s": wall,
-        "labels_per_s": len(acked) / wall if wall else float("nan"),
-        "save_ms": percentiles(save_ms),
-        "next_ms": percentiles(next_ms),
-        "cycle_ms": percentiles(cycle_ms),
     }
+
+
+LATENCIES = (
+    ("save_ms", "save_label"),
+    ("next_ms", "next_comparison"),
+    ("cycle_ms", "cycle"),
+    ("ack_ms", "submit -> acknowledged"),
+)
 
 
 def report(r: dict[str, Any]) -> str:
     def fmt(p: dict[str, float]) -> str:
         return " ".join(f"{k}={v:.1f}" for k, v in p.items())
 
-    return (
+    lines = [
         f"[{r['backend']}] {r['annotators']} annotators, {r['labels_acknowledged']}/{r['labels_target']} labels "
-        f"in {r['wall_s']:.2f} s = {r['labels_per_s']:.0f} labels/s\n"
-        f"  save_label ms: {fmt(r['save_ms'])}\n  next_comparison ms: {fmt(r['next_ms'])}\n"
-        f"  cycle ms: {fmt(r['cycle_ms'])}\n"
+        f"in {r['wall_s']:.2f} s = {r['labels_per_s']:.1f} labels/s"
+    ]
+    lines += [f"  {title} ms: {fmt(r[key])}" for key, title in LATENCIES if key in r]
+    lines.append(
         f"  stored={r['labels_stored']} acknowledged={r['labels_acknowledged']} "
         f"equal={r['stored_equals_acknowledged']} duplicates={r['duplicate_pairs']} "
         f"max per comparison={r['max_labels_per_comparison']} (required {r['required']}) errors={len(r['errors'])}"
     )
+    return "\n".join(lines)
 
 
 def check(r: dict[str, Any]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 
 from sqlalchemy import select
 
@@ -22,3 +23,17 @@ def store_fingerprint(store: Store) -> tuple[dict[str, int], str]:
                 h.update(b"\n")
             h.update(b"--\n")
     return store.counts(), h.hexdigest()
+
+
+def check_opens_cleanly(store: Store) -> Store:
+    """A brand-new handle on the database, as the next app start would open it."""
+    fresh = Store(store.url)
+    if fresh.engine.dialect.name == "sqlite":
+        con = sqlite3.connect(fresh.engine.url.database)
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            con.close()
+    fresh.require_ready()
+    fresh.counts()
+    return fresh

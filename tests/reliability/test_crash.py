@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from labeling_seed import seed_labeling
+from reliability_tools import check_opens_cleanly
 from sqlalchemy import func, select
 
 from rlhf.schema import Comparison, Label, Prompt
@@ -54,20 +54,6 @@ def kill(proc: subprocess.Popen) -> str:
     proc.wait(timeout=30)
     proc.stderr.close()
     return out
-
-
-def check_opens_cleanly(store: Store) -> Store:
-    """A brand-new handle on the database, as the next app start would open it."""
-    fresh = Store(store.url)
-    if fresh.engine.dialect.name == "sqlite":
-        con = sqlite3.connect(fresh.engine.url.database)
-        try:
-            assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        finally:
-            con.close()
-    fresh.require_ready()
-    fresh.counts()
-    return fresh
 
 
 def test_kill_9_during_label_writes_loses_no_acknowledged_label(store):

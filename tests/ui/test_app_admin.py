@@ -9,7 +9,13 @@ import pytest
 from labeling_seed import APP, texts
 from streamlit.testing.v1 import AppTest
 
-ADMIN_PAGES = ["app_pages/project.py", "app_pages/annotators.py", "app_pages/quality.py", "app_pages/data.py"]
+ADMIN_PAGES = [
+    "app_pages/project.py",
+    "app_pages/annotators.py",
+    "app_pages/quality.py",
+    "app_pages/data.py",
+    "app_pages/rounds.py",
+]
 
 
 @pytest.fixture
@@ -71,9 +77,7 @@ def test_project_import_prompts_upload(admin, store):
 def test_project_import_rejects_bad_files_and_changes_nothing(admin, store):
     admin.switch_page("app_pages/project.py").run()
     before = store.counts()
-    admin.file_uploader(key="prompts_file").set_value(
-        ("bad.jsonl", b'{"prompt": "ok"}\nnot json\n', "text/plain")
-    )
+    admin.file_uploader(key="prompts_file").set_value(("bad.jsonl", b'{"prompt": "ok"}\nnot json\n', "text/plain"))
     next(b for b in admin.button if b.label == "Import prompts").click().run()
     assert "bad.jsonl" in admin.error[0].value and "line 2" in admin.error[0].value
     admin.file_uploader(key="prompts_file").set_value(("bin.jsonl", b"\x00\x01\x02", "text/plain"))
@@ -109,9 +113,7 @@ def test_project_generation_runs_in_background_with_progress(admin, store, monke
 
     def fake_generate(store_, model, settings, limit=None, category=None, required_labels=None, round=0,
                       progress=None, **_):  # fmt: skip
-        calls.update(
-            model=model, k=settings.num_candidates, limit=limit, required=required_labels, round=round
-        )
+        calls.update(model=model, k=settings.num_candidates, limit=limit, required=required_labels, round=round)
         for i in range(3):
             progress(i, 3)
             time.sleep(0.3)

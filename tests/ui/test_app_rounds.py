@@ -64,15 +64,6 @@ def test_round_rows_and_table(home, store, tmp_path):
     ]
 
 
-def test_annotators_cannot_reach_the_page(open_app, store):
-    from labeling_seed import seed_labeling
-
-    seeded = seed_labeling(store, n_prompts=2, n_annotators=1)
-    at = open_app(seeded.annotator_tokens[0])
-    with pytest.raises(Exception):
-        at.switch_page(PAGE)
-
-
 def test_nothing_labeled_disables_the_button(open_app, store):
     from labeling_seed import seed_labeling
 
