@@ -33,24 +33,16 @@ if token := st.query_params.get("token"):
 
 user = current_user()
 if user is None:
-    page = st.navigation(
-        [st.Page("app_pages/login.py", title="Log in", icon=":material/login:")], position="hidden"
-    )
+    page = st.navigation([st.Page("app_pages/login.py", title="Log in", icon=":material/login:")], position="hidden")
 else:
     label = st.Page("app_pages/label.py", title="Label", icon=":material/thumbs_up_down:", default=True)
     if user.role == "admin":
         admin = [
-            st.Page(
-                "app_pages/project.py", title="Project", icon=":material/folder_open:", url_path="project"
-            ),
-            st.Page(
-                "app_pages/annotators.py", title="Annotators", icon=":material/group:", url_path="annotators"
-            ),
+            st.Page("app_pages/project.py", title="Project", icon=":material/folder_open:", url_path="project"),
+            st.Page("app_pages/annotators.py", title="Annotators", icon=":material/group:", url_path="annotators"),
             st.Page("app_pages/quality.py", title="Quality", icon=":material/insights:", url_path="quality"),
             st.Page("app_pages/data.py", title="Data", icon=":material/table_view:", url_path="data"),
-            st.Page(
-                "app_pages/reward.py", title="Reward model", icon=":material/model_training:", url_path="reward"
-            ),
+            st.Page("app_pages/reward.py", title="Reward model", icon=":material/model_training:", url_path="reward"),
             st.Page("app_pages/ppo.py", title="PPO runs", icon=":material/monitoring:", url_path="ppo"),
             st.Page("app_pages/rounds.py", title="Rounds", icon=":material/autorenew:", url_path="rounds"),
         ]

@@ -71,9 +71,7 @@ def cohen_kappa_pairs(items: Ratings) -> list[PairAgreement]:
     out = []
     for (r1, r2), pairs in sorted(shared.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
         a, b = [x for x, _ in pairs], [y for _, y in pairs]
-        out.append(
-            PairAgreement(r1, r2, len(pairs), sum(x == y for x, y in pairs) / len(pairs), cohen_kappa(a, b))
-        )
+        out.append(PairAgreement(r1, r2, len(pairs), sum(x == y for x, y in pairs) / len(pairs), cohen_kappa(a, b)))
     return out
 
 

@@ -95,9 +95,7 @@ def _read_rows(path: Path) -> tuple[list[_Row], list[str] | None]:
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
         kind = "CSV" if suffix == ".csv" else "JSON"
-        raise WorkbenchError(
-            f"{path} looks like a binary file, not {kind} text; check that it is the right file"
-        )
+        raise WorkbenchError(f"{path} looks like a binary file, not {kind} text; check that it is the right file")
     if suffix == ".csv":
         return _csv_rows(path, data)
     if suffix == ".json" and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
@@ -267,9 +265,7 @@ def _refuse_unstorable(row: _Row) -> _Row:
     return row
 
 
-def _check_columns(
-    path: Path, columns: list[str] | None, need_any: tuple[str, ...], problems: list[str]
-) -> bool:
+def _check_columns(path: Path, columns: list[str] | None, need_any: tuple[str, ...], problems: list[str]) -> bool:
     """A CSV without any of the `need_any` columns gets one problem, not one per row."""
     if columns is None or any(c in columns for c in need_any):
         return True
@@ -340,11 +336,7 @@ def _check_messages(v: Any, where: str, name: str, problems: list[str]) -> list[
             problems.append(f"{at}: role {role!r} is not one of {', '.join(MESSAGE_ROLES)}")
             ok = False
         if not isinstance(content, str) or not content.strip():
-            what = (
-                "is empty"
-                if content is None or isinstance(content, str)
-                else f"must be text, got {_kind(content)}"
-            )
+            what = "is empty" if content is None or isinstance(content, str) else f"must be text, got {_kind(content)}"
             problems.append(f"{at}: content {what}")
             ok = False
             continue
@@ -374,9 +366,7 @@ def _prompt_content(row: _Row, problems: list[str]) -> str | list[dict[str, str]
     if isinstance(p, list):
         return _check_messages(p, row.where, "prompt", problems)
     if not isinstance(p, str):
-        problems.append(
-            f"{row.where}: field 'prompt' must be text or a list of chat messages, got {_kind(p)}"
-        )
+        problems.append(f"{row.where}: field 'prompt' must be text or a list of chat messages, got {_kind(p)}")
         return None
     return _check_text(p, row.where, "prompt", problems)
 
@@ -417,9 +407,7 @@ def _prompt_record(row: _Row, source: str, problems: list[str]) -> PromptRecord 
     split = split if split is not None else row.split
     if len(problems) > n or content is None:
         return None
-    return PromptRecord(
-        content=content, external_id=ext, source=src, category=category, tags=tags, split=split
-    )
+    return PromptRecord(content=content, external_id=ext, source=src, category=category, tags=tags, split=split)
 
 
 def _tags(v: Any, row: _Row, problems: list[str]) -> list[str]:
@@ -488,9 +476,7 @@ def read_prompts(path: Path, source: str | None = None) -> list[PromptRecord]:
     return records
 
 
-def import_prompts(
-    store: Store, path: Path, dry_run: bool = False, source: str | None = None
-) -> ImportResult:
+def import_prompts(store: Store, path: Path, dry_run: bool = False, source: str | None = None) -> ImportResult:
     """Read, validate and add the prompts of `path` in one transaction (nothing on any problem)."""
     store.require_ready()
     records = read_prompts(Path(path), source)
@@ -587,9 +573,7 @@ def read_preferences(path: Path) -> list[PreferenceRecord]:
             h = content_hash(rec.prompt.content)
             key = (h, rec.chosen, rec.rejected)
             if key in seen_pairs:
-                problems.append(
-                    f"{row.where}: duplicate pair (same prompt, chosen and rejected) as {seen_pairs[key]}"
-                )
+                problems.append(f"{row.where}: duplicate pair (same prompt, chosen and rejected) as {seen_pairs[key]}")
                 continue
             seen_pairs[key] = row.where
             split, at = prompt_split.setdefault(h, (rec.prompt.split, row.where))
@@ -620,9 +604,7 @@ def _strength(row: _Row, problems: list[str]) -> int | None:
     return margin_to_strength(m)
 
 
-def _reply(
-    row: _Row, name: str, prompt: str | list[dict[str, str]] | None, problems: list[str]
-) -> str | None:
+def _reply(row: _Row, name: str, prompt: str | list[dict[str, str]] | None, problems: list[str]) -> str | None:
     """A TRL completion: text, or chat messages of which only the assistant reply is kept.
 
     `prompt` None: the prompt itself was invalid, so only the field's own shape is checked."""
@@ -650,8 +632,7 @@ def _reply(
     if not msgs or any(m["role"] != "assistant" for m in msgs):
         roles = ", ".join(m["role"] for m in msgs) or "none"
         problems.append(
-            f"{where}: field {name!r} must hold the assistant reply to the prompt "
-            f"(roles after the prompt: {roles})"
+            f"{where}: field {name!r} must hold the assistant reply to the prompt (roles after the prompt: {roles})"
         )
         return None
     return "\n\n".join(m["content"] for m in msgs)
@@ -687,9 +668,7 @@ def _hh_record(row: _Row, path: Path, problems: list[str]) -> PreferenceRecord |
         c, r = _check_text(c, row.where, "chosen", problems), _check_text(r, row.where, "rejected", problems)
         split = _split_hh(c, r, row.where, problems) if c and r else None
     # Metadata fields (id, category, tags, split) apply as in TRL rows; the prompt comes from the split.
-    meta = _prompt_record(
-        _Row(row.where, {**row.data, "prompt": "-"}, row.split, row.from_csv), path.name, problems
-    )
+    meta = _prompt_record(_Row(row.where, {**row.data, "prompt": "-"}, row.split, row.from_csv), path.name, problems)
     if len(problems) > n or split is None or meta is None:
         return None
     content, chosen, rejected = split
@@ -700,9 +679,7 @@ def _hh_record(row: _Row, path: Path, problems: list[str]) -> PreferenceRecord |
 def _split_hh(c: str, r: str, where: str, problems: list[str]) -> tuple[Any, str, str] | None:
     """Anthropic HH transcripts -> (prompt, chosen reply, rejected reply)."""
     if c == r:
-        problems.append(
-            f"{where}: 'chosen' and 'rejected' are the same transcript; there is nothing to prefer"
-        )
+        problems.append(f"{where}: 'chosen' and 'rejected' are the same transcript; there is nothing to prefer")
         return None
     # Transcripts start with "\n\nHuman:"; the leading newlines were stripped by _check_text.
     c, r = "\n\n" + c, "\n\n" + r
@@ -753,9 +730,7 @@ def _split_messages(c: list, r: list, where: str, problems: list[str]) -> tuple[
     while k < min(len(c), len(r)) and c[k] == r[k]:
         k += 1
     if c == r:
-        problems.append(
-            f"{where}: 'chosen' and 'rejected' are the same conversation; there is nothing to prefer"
-        )
+        problems.append(f"{where}: 'chosen' and 'rejected' are the same conversation; there is nothing to prefer")
         return None
     if k == 0:
         problems.append(f"{where}: 'chosen' and 'rejected' share no first message; add a 'prompt' field")
@@ -763,9 +738,7 @@ def _split_messages(c: list, r: list, where: str, problems: list[str]) -> tuple[
     replies = []
     for name, msgs in (("chosen", c[k:]), ("rejected", r[k:])):
         if not msgs or any(m["role"] != "assistant" for m in msgs):
-            problems.append(
-                f"{where}: field {name!r} must end with assistant message(s) after the shared ones"
-            )
+            problems.append(f"{where}: field {name!r} must end with assistant message(s) after the shared ones")
             return None
         replies.append("\n\n".join(m["content"] for m in msgs))
     return c[:k], replies[0], replies[1]
@@ -874,9 +847,7 @@ def _completion_cache(s: Session, prompt_ids: list[int], model: str) -> dict[tup
     """Completions this file imported before: the same text under the same prompt is stored once."""
     out = {}
     for chunk in _chunks(prompt_ids, 500):
-        for c in s.scalars(
-            select(Completion).where(Completion.prompt_id.in_(chunk), Completion.model == model)
-        ):
+        for c in s.scalars(select(Completion).where(Completion.prompt_id.in_(chunk), Completion.model == model)):
             out.setdefault((c.prompt_id, c.text), c)
     return out
 
@@ -907,9 +878,7 @@ class ExportOptions:
             "stored `split` always wins. 0: no prompt goes to test by hash."
         },
     )
-    seed: int = field(
-        default=0, metadata={"help": "Seed of the prompt-to-split hash: another seed, another split."}
-    )
+    seed: int = field(default=0, metadata={"help": "Seed of the prompt-to-split hash: another seed, another split."})
     ties: str = field(
         default="drop",
         metadata={
@@ -977,9 +946,7 @@ class ExportOptions:
         one_of("format", ("auto", "conversational", "text"))
         r = self.rounds
         if r is not None and (
-            not isinstance(r, (list, tuple))
-            or not r
-            or any(isinstance(x, bool) or not isinstance(x, int) for x in r)
+            not isinstance(r, (list, tuple)) or not r or any(isinstance(x, bool) or not isinstance(x, int) for x in r)
         ):
             p.append(f"`rounds` must be a non-empty list of whole numbers or None, got {r!r}")
         return p
@@ -1129,8 +1096,7 @@ def _label_snapshot(s: Session) -> dict[str, Any]:
         h.update(json.dumps(list(row)).encode() + b"\n")
     return {
         "max_label_id": s.scalar(select(func.max(Label.id))) or 0,
-        "label_count": s.scalar(select(func.count()).select_from(Label).where(Label.status == "submitted"))
-        or 0,
+        "label_count": s.scalar(select(func.count()).select_from(Label).where(Label.status == "submitted")) or 0,
         "labels_sha256": h.hexdigest(),
     }
 
@@ -1139,9 +1105,7 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise WorkbenchError(f"{out_dir} exists and is not a folder; choose another output path")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise WorkbenchError(
-            f"{out_dir} exists and is not empty; choose another folder or pass force (--force)"
-        )
+        raise WorkbenchError(f"{out_dir} exists and is not empty; choose another folder or pass force (--force)")
 
 
 def _assign_splits(prompts: dict[str, str | None], options: ExportOptions) -> dict[str, str]:
@@ -1162,13 +1126,9 @@ def _assign_splits(prompts: dict[str, str | None], options: ExportOptions) -> di
     return out
 
 
-def _export_row(
-    comp: Comparison, verdict: dict[str, Any], fmt: str, options: ExportOptions
-) -> dict[str, Any]:
+def _export_row(comp: Comparison, verdict: dict[str, Any], fmt: str, options: ExportOptions) -> dict[str, Any]:
     side = "B" if verdict["choice"] == "B" else "A"  # ties and both-bad kept as A over B
-    win, lose = (
-        (comp.completion_a, comp.completion_b) if side == "A" else (comp.completion_b, comp.completion_a)
-    )
+    win, lose = (comp.completion_a, comp.completion_b) if side == "A" else (comp.completion_b, comp.completion_a)
     content = comp.prompt.content
     if fmt == "conversational":
         prompt = [{"role": "user", "content": content}] if isinstance(content, str) else content
@@ -1248,9 +1208,7 @@ def _write_dataset(
         finally:
             if not was_disabled:
                 datasets.enable_progress_bars()
-        (tmp / "manifest.json").write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         _check_out_dir(out_dir, force)  # again: another process may have written there meanwhile
         old = None
         if out_dir.exists():

@@ -90,9 +90,7 @@ with tab_labels:
         "Annotator", ["(anyone)", *annotators], format_func=lambda i: annotators.get(i, i), key="l_annotator"
     )
     lstatus = c[1].selectbox("Status", ["(any)", "submitted", "discarded"], key="l_status")
-    limit = c[2].number_input(
-        "Show at most", min_value=10, max_value=10000, value=500, step=100, key="l_limit"
-    )
+    limit = c[2].number_input("Show at most", min_value=10, max_value=10000, value=500, step=100, key="l_limit")
     labels = store.list_labels(
         annotator_id=None if who == "(anyone)" else int(who),
         status=None if lstatus == "(any)" else lstatus,
@@ -129,9 +127,7 @@ with tab_export:
         seed = c[2].number_input("Seed", min_value=0, value=int(defaults.seed))
         c = st.columns(4)
         ties = c[0].selectbox("Ties", ["drop", "keep"], index=["drop", "keep"].index(defaults.ties))
-        both_bad = c[1].selectbox(
-            "Both bad", ["drop", "keep"], index=["drop", "keep"].index(defaults.both_bad)
-        )
+        both_bad = c[1].selectbox("Both bad", ["drop", "keep"], index=["drop", "keep"].index(defaults.both_bad))
         disagreement = c[2].selectbox(
             "Disagreement",
             ["majority", "unanimous"],
@@ -139,9 +135,7 @@ with tab_export:
         )
         min_labels = c[3].number_input("Min labels", min_value=1, value=int(defaults.min_labels))
         c = st.columns(3)
-        margin = c[0].selectbox(
-            "Margin", ["strength", "none"], index=["strength", "none"].index(defaults.margin)
-        )
+        margin = c[0].selectbox("Margin", ["strength", "none"], index=["strength", "none"].index(defaults.margin))
         fmt_ = c[1].selectbox(
             "Format",
             ["auto", "conversational", "text"],

@@ -25,9 +25,7 @@ top[2].metric("Remaining", progress.remaining)
 if progress.done_total + progress.remaining:
     st.progress(progress.done_total / (progress.done_total + progress.remaining))
 guidelines = store.get_setting("guidelines") or ""
-with st.expander(
-    "Guidelines", icon=":material/menu_book:", expanded=bool(guidelines) and progress.done_total == 0
-):
+with st.expander("Guidelines", icon=":material/menu_book:", expanded=bool(guidelines) and progress.done_total == 0):
     if guidelines:
         render_text(guidelines)
     else:

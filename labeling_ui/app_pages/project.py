@@ -97,9 +97,7 @@ with tab_prefs:
 runner = job_runner()
 
 
-def start_generation(
-    model: str, settings, limit: int, category: str | None, round_: int, required: int
-) -> None:
+def start_generation(model: str, settings, limit: int, category: str | None, round_: int, required: int) -> None:
     from rlhf.generate import generate_candidates
 
     def work(progress):
@@ -115,9 +113,7 @@ def start_generation(
         )
 
     try:
-        runner.start(
-            "generate", f"{model}: up to {limit or 'all'} prompts, K={settings.num_candidates}", work
-        )
+        runner.start("generate", f"{model}: up to {limit or 'all'} prompts, K={settings.num_candidates}", work)
     except WorkbenchError as e:
         st.session_state["generate_error"] = str(e)
 
@@ -129,22 +125,14 @@ with tab_generate:
     running = runner.running("generate")
     with st.form("generate"):
         c1, c2, c3 = st.columns(3)
-        model = c1.text_input(
-            "Model", value="default", help="`default` (embedded SmolLM2), a local path, or a hub id"
-        )
+        model = c1.text_input("Model", value="default", help="`default` (embedded SmolLM2), a local path, or a hub id")
         limit = c2.number_input("Prompts (0 = all without candidates)", min_value=0, value=20, step=10)
         category = c3.selectbox("Category", ["(all)", *store.categories()])
         c1, c2, c3, c4 = st.columns(4)
-        k = c1.number_input(
-            "Candidates per prompt (K)", min_value=2, max_value=8, value=defaults.num_candidates
-        )
+        k = c1.number_input("Candidates per prompt (K)", min_value=2, max_value=8, value=defaults.num_candidates)
         do_sample = c2.checkbox("Sample", value=defaults.do_sample, help="Off: greedy (needs K = 1)")
-        temperature = c3.number_input(
-            "Temperature", min_value=0.05, max_value=3.0, value=defaults.temperature
-        )
-        max_new = c4.number_input(
-            "Max new tokens", min_value=1, max_value=2048, value=defaults.max_new_tokens
-        )
+        temperature = c3.number_input("Temperature", min_value=0.05, max_value=3.0, value=defaults.temperature)
+        max_new = c4.number_input("Max new tokens", min_value=1, max_value=2048, value=defaults.max_new_tokens)
         c1, c2, c3, c4 = st.columns(4)
         top_k = c1.number_input("Top-k (0 = off)", min_value=0, value=defaults.top_k)
         top_p = c2.number_input("Top-p", min_value=0.01, max_value=1.0, value=defaults.top_p)

@@ -20,9 +20,7 @@ c = st.columns(4)
 c[0].metric("Overlapped items", report.n_items, help="Comparisons with two or more submitted labels")
 c[1].metric("Raw agreement", fmt(report.pairwise), help="Share of agreeing pairs of labels on the same item")
 c[2].metric("Fleiss' κ", fmt(report.fleiss), help="Chance-corrected agreement across all annotators")
-c[3].metric(
-    "Krippendorff's α", fmt(report.alpha), help="Nominal; allows missing labels and any number of annotators"
-)
+c[3].metric("Krippendorff's α", fmt(report.alpha), help="Nominal; allows missing labels and any number of annotators")
 st.caption(
     "Reading κ / α (Landis & Koch): < 0 poor, 0-0.2 slight, 0.2-0.4 fair, 0.4-0.6 moderate, "
     "0.6-0.8 substantial, > 0.8 almost perfect. Human preference data typically lands at 0.3-0.6; "
@@ -58,9 +56,7 @@ if report.pairs:
             "kappa": st.column_config.NumberColumn(format="%.2f"),
         },
     )
-    both = pd.concat(
-        [pairs, pairs.rename(columns={"annotator 1": "annotator 2", "annotator 2": "annotator 1"})]
-    )
+    both = pd.concat([pairs, pairs.rename(columns={"annotator 1": "annotator 2", "annotator 2": "annotator 1"})])
     heat = (
         alt.Chart(both)
         .mark_rect()
@@ -77,8 +73,7 @@ if report.pairs:
 # -- per category ---------------------------------------------------------------------------------------
 by_cat = agreement_by_category(rows)
 cat_rows = [
-    {"category": cat, **{k: v for k, v in rep.as_dict().items() if k != "annotators"}}
-    for cat, rep in by_cat.items()
+    {"category": cat, **{k: v for k, v in rep.as_dict().items() if k != "annotators"}} for cat, rep in by_cat.items()
 ]
 if cat_rows:
     st.subheader("Per category")
