@@ -111,5 +111,16 @@ def stage_progress(log: str) -> dict[str, str]:
     return out
 
 
+def pipeline_reports(home: Path) -> list[Path]:
+    """Every pipeline round's report.html under `<home>/pipeline/<name>/round-<N>/`, newest first."""
+    found = (home / "pipeline").glob("*/round-*/report.html")
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def report_label(path: Path) -> str:
+    """`<pipeline> round <N>` for a report path."""
+    return f"{path.parent.parent.name} {path.parent.name.replace('-', ' ')}"
+
+
 def stage_folder(number: int, stage: str, root: Path | None = None) -> Path:
     return (root or store_rounds_dir()) / f"round-{number}" / f"{STAGES.index(stage) + 1}-{stage}"

@@ -12,8 +12,8 @@ up front and raises one `ValidationError` listing every problem before anything 
                     each holds stage.json (written last: config, input hashes, key, output hash,
                     seconds) beside the stage's own outputs (export dataset, reward run, PPO run ...);
                     training checkpoints are deleted once a run finished (a stage re-runs, never resumes)
-        report.html            one self-contained page (inline SVG plots), report.json, plots/*.png
-                               when matplotlib is installed
+        report.html            one self-contained page (inline SVG plots), report.json, and the
+                               same four plots as plots/*.png
 
 Prompts: the pipeline's prompts (in the order they were added) are split once per round's config:
 the LAST max(evaluation.prompts, ppo.eval_prompts) are held out (never given candidates, labeled or
@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import html
-import importlib.util
 import json
 import logging
 import random
@@ -1002,7 +1001,9 @@ def svg_line_chart(
     return "".join(parts)
 
 
-def _plots(report: dict[str, Any]) -> dict[str, str]:
+def plot_series(report: dict[str, Any]) -> dict[str, tuple[str, str, dict[str, list[tuple[float, float]]]]]:
+    """The report's four plots, {name: (title, x label, {series: [(x, y)]})}: drawn as inline SVG in
+    report.html and as PNG files in plots/."""
     curves = report["ppo"]["curves"]
     rm = report["reward_model"]["curve"]
     rounds = report["rounds"]
@@ -1011,53 +1012,55 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         return [(float(x["round"]), float(x[key])) for x in rounds if isinstance(x.get(key), (int, float))]
 
     return {
-        "reward": svg_line_chart(
-            {k: v for k, v in curves.items() if k in ("objective/scores", "objective/rlhf_reward", "eval/reward_mean")},
+        "reward": (
             "PPO reward",
             "PPO step",
+            {k: v for k, v in curves.items() if k in ("objective/scores", "objective/rlhf_reward", "eval/reward_mean")},
         ),
-        "kl": svg_line_chart(
-            {k: v for k, v in curves.items() if k in ("objective/kl", "eval/kl_to_ref")},
+        "kl": (
             "KL to the reference",
             "PPO step",
+            {k: v for k, v in curves.items() if k in ("objective/kl", "eval/kl_to_ref")},
         ),
-        "reward_model": svg_line_chart({k: v for k, v in rm.items() if v}, "Reward-model accuracy", "training step"),
-        "rounds": svg_line_chart(
+        "reward_model": ("Reward-model accuracy", "training step", {k: v for k, v in rm.items() if v}),
+        "rounds": (
+            "Rounds: win rate against the starting model",
+            "round",
             {
                 "win rate vs base (RM)": per_round("win_rate_vs_base_rm"),
                 "win rate vs base (rule)": per_round("win_rate_vs_base_rule"),
             },
-            "Rounds: win rate against the starting model",
-            "round",
         ),
     }
 
 
+def _plots(report: dict[str, Any]) -> dict[str, str]:
+    return {name: svg_line_chart(series, title, x) for name, (title, x, series) in plot_series(report).items()}
+
+
 def _write_pngs(report: dict[str, Any], out: Path) -> list[Path]:
-    """The same plots as PNG files, when matplotlib is installed (the HTML never needs them)."""
-    if importlib.util.find_spec("matplotlib") is None:
-        return []
+    """The same four plots as PNG files (matplotlib, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    curves = report["ppo"]["curves"]
-    groups = {
-        "reward": [k for k in curves if "kl" not in k],
-        "kl": [k for k in curves if "kl" in k],
-    }
     paths = []
-    for name, keys in groups.items():
+    for name, (title, xlabel, series) in plot_series(report).items():
         fig, ax = plt.subplots(figsize=(5, 3))
-        for k in keys:
-            ax.plot(*zip(*curves[k]), label=k)
-        ax.set_xlabel("PPO step")
-        ax.legend(fontsize=7)
+        for label, pts in series.items():
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 3 else None, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        if any(series.values()):
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         fig.tight_layout()
         paths.append(out / f"{name}.png")
-        fig.savefig(paths[-1])
+        fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     return paths
 

@@ -73,6 +73,11 @@ def test_quick_round_runs_end_to_end(quick) -> None:
     for title in ("PPO reward", "KL to the reference", "Reward-model accuracy", "win rate against the starting model"):
         assert title in page
     assert "simulated annotator" in page and "Before / after samples" in page
+    # The same four plots as PNG files.
+    pngs = json.loads((out / "8-report" / "stage.json").read_text())["pngs"]
+    assert [Path(p).name for p in pngs] == ["reward.png", "kl.png", "reward_model.png", "rounds.png"]
+    for p in pngs:
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(p).parent == out / "plots"
     report = json.loads((out / "report.json").read_text())
     assert report["ppo"]["curves"]["objective/kl"] and report["ppo"]["curves"]["eval/reward_mean"]
     assert report["reward_model"]["eval_accuracy"] is not None

@@ -3,6 +3,9 @@ one button closes the newest labeled round and opens the next: every label so fa
 reward model trains on it, PPO tunes the previous round's policy against it, and the tuned policy
 writes the next round's candidates into the annotators' queues.
 
+Below, the reports of headless pipeline rounds (`rlhf pipeline run`, `make pipeline`), the same
+self-contained HTML page the pipeline writes.
+
 The work is `rlhf round CONFIG` as a background process (`labeling_ui.process_jobs`), never inside this
 script; data and progress come from `labeling_ui.rounds`.
 """
@@ -15,11 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+import streamlit.components.v1 as components
 
 from labeling_ui import rounds as rd
 from labeling_ui.components import require_admin, show_error, store_or_stop
 from labeling_ui.process_jobs import list_jobs, load_job, log_tail, start_job, stop_job
 from rlhf.errors import WorkbenchError
+from rlhf.home import data_home
 
 JOB_REFRESH_S = 2.0
 STOP_GRACE_S = 10.0
@@ -198,3 +203,18 @@ def jobs_panel() -> None:
 
 
 jobs_panel()
+
+
+# -- 4) pipeline reports (`rlhf pipeline run`: the simulated annotator's rounds) --------------------
+st.subheader("Pipeline reports")
+reports = rd.pipeline_reports(data_home())
+if not reports:
+    st.caption("No pipeline round yet: `make pipeline` or `rlhf pipeline run CONFIG` writes one.")
+else:
+    labels = {str(p): rd.report_label(p) for p in reports}
+    chosen = st.selectbox("Report", list(labels), format_func=labels.get, key="round_report")
+    st.caption(f"`{chosen}`: the page the pipeline wrote (plots inline; PNGs in its `plots/` folder)")
+    page = Path(chosen).read_text(encoding="utf-8")
+    # A sandboxed iframe: the report is our own HTML (every text in it escaped), no scripts.
+    components.html(page, height=900, scrolling=True)
+    st.download_button("Download report.html", page, file_name="report.html", mime="text/html")

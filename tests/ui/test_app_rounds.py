@@ -3,6 +3,7 @@ round (export, reward model, PPO) and opens the next, as a real background `rlhf
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -112,3 +113,36 @@ def test_one_button_closes_round_zero_and_opens_round_one(open_app, home, store,
     label_round(store, 1, "bob")
     at.run()
     assert at.button(key="round_start").label == "Close round 1 and start round 2"
+
+
+def test_pipeline_reports_are_shown_newest_first(open_app, home, store):
+    from labeling_seed import seed_labeling
+
+    old = home / "pipeline" / "quick" / "round-0" / "report.html"
+    new = home / "pipeline" / "round" / "round-1" / "report.html"
+    for path, title in ((old, "old"), (new, "new")):
+        path.parent.mkdir(parents=True)
+        path.write_text(f"<html><body><h1>RLHF pipeline {title}</h1></body></html>", encoding="utf-8")
+    os.utime(old, (1_000_000, 1_000_000))
+    assert rd.pipeline_reports(home) == [new, old]
+    assert [rd.report_label(p) for p in (new, old)] == ["round round 1", "quick round 0"]
+    seeded = seed_labeling(store, n_prompts=2, n_annotators=1)
+    at = open_app(seeded.admin_token)
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    box = at.selectbox(key="round_report")
+    assert box.options == ["round round 1", "quick round 0"] and box.value == str(new)
+    [frame] = [e for e in at.main if getattr(e, "type", "") == "iframe"]
+    assert "RLHF pipeline new" in frame.proto.srcdoc
+    box.set_value(str(old)).run()
+    [frame] = [e for e in at.main if getattr(e, "type", "") == "iframe"]
+    assert "RLHF pipeline old" in frame.proto.srcdoc
+
+
+def test_no_pipeline_report_says_how_to_make_one(open_app, store):
+    from labeling_seed import seed_labeling
+
+    seeded = seed_labeling(store, n_prompts=2, n_annotators=1)
+    at = open_app(seeded.admin_token)
+    at.switch_page(PAGE).run()
+    assert any("make pipeline" in c.value for c in at.caption)
