@@ -1173,6 +1173,28 @@ def _all_labels_hash(store: Any) -> str:
         return _hash(sorted(list(map(list, s.execute(q).all())), key=lambda x: (x[0], x[1])))
 
 
+def store_round_problems(config: PipelineConfig, store: Any, root: Path | None = None) -> list[str]:
+    """Why `run_store_round` with this config cannot start now (every reason), before any work."""
+    number, _ = labeled_round(store)
+    if number is None:
+        return [
+            "no labels yet: annotators label on the Label page first (candidates come from the Project page "
+            "or `rlhf generate`)"
+        ]
+    summary = (root or store_rounds_dir()) / f"round-{number - 1}" / "round.json"
+    if number > 0 and summary.exists():
+        prev = read_json(summary)
+        if prev.get("model") not in (None, config.model):
+            before, used = number - 1, prev["model"]
+            return [
+                f"round {before} was closed with generation.model {used!r} "
+                f"({Path(prev.get('config_file', '?')).name}), this config has {config.model!r}: round {number} "
+                f"starts PPO from round {before}'s policy, and the policy and the reward model must come from "
+                f"the same base model. Use a config with generation.model {used!r}"
+            ]
+    return []
+
+
 def _previous_policy(root: Path, number: int, config: PipelineConfig) -> tuple[str, str]:
     """Round N starts from round N-1's PPO policy when round N-1 was closed here, else the config's model."""
     record = root / f"round-{number - 1}" / f"{STAGES.index('ppo') + 1}-ppo" / "stage.json"
@@ -1226,13 +1248,11 @@ def run_store_round(config_path: Path, store: Any | None = None, progress: Progr
     config = load_pipeline_config(Path(config_path))
     store = store or Store()
     store.require_ready()
-    number, n_labels = labeled_round(store)
-    if number is None:
-        raise WorkbenchError(
-            "no labels yet: annotators label on the Label page first (candidates come from the Project page "
-            "or `rlhf generate`)"
-        )
     root = store_rounds_dir()
+    if problems := store_round_problems(config, store, root):
+        raise ValidationError("closing the round", problems)
+    number, n_labels = labeled_round(store)
+    assert number is not None
     r = _Round(config, number, root, store, progress)
     r.dir.mkdir(parents=True, exist_ok=True)
     policy, policy_hash = _previous_policy(root, number, config)
@@ -1247,6 +1267,7 @@ def run_store_round(config_path: Path, store: Any | None = None, progress: Progr
         {
             "round": number,
             "config_file": str(config.path),
+            "model": config.model,
             "labels": n_labels,
             "export": r.done["export"].get("counts"),
             "reward_eval_accuracy": r.done["reward"].get("eval_accuracy"),

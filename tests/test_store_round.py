@@ -67,6 +67,20 @@ def test_close_round_zero_then_round_one(app_store, home):
     with store.session() as s:
         round2 = set(s.scalars(select(Comparison.prompt_id).where(Comparison.round == 2)))
     assert round2 == set(ids[48:72])
+    assert summary1["model"] == "tiny"
+
+    # Round 2 labeled, then closed with a config of another base model: refused before any work.
+    from rlhf.errors import ValidationError
+
+    label_round(store, 2, "bob")
+    with pytest.raises(ValidationError) as e:
+        run_store_round(QUICK.with_name("round.yaml"), store)
+    assert e.value.problems == [
+        "round 1 was closed with generation.model 'tiny' (quick.yaml), this config has 'default': round 2 starts "
+        "PPO from round 1's policy, and the policy and the reward model must come from the same base model. "
+        "Use a config with generation.model 'tiny'"
+    ]
+    assert not (home / "rounds" / "round-2").exists()
 
 
 def test_cli_round(app_store, home):

@@ -69,20 +69,23 @@ else:
     )
 labeled = [r for r in rows if r.labels]
 target = labeled[-1].round if labeled else None
+total_labels = sum(x.labels for x in rows)
+# Closed already, and no label came in since: closing it again would only skip every stage.
+up_to_date = bool(labeled and labeled[-1].closed and labeled[-1].closed.get("labels") == total_labels)
 active = [j for j in jobs if j.active]
 
 
 # -- 2) close a round ------------------------------------------------------------------------------
 def start_round() -> None:
     """Button callback: check, then start `rlhf round CONFIG` in the background."""
-    from rlhf.pipeline import load_pipeline_config
+    from rlhf.pipeline import load_pipeline_config, store_round_problems
 
     config = Path(ss["round_config"])
     problems = []
     if [j for j in list_jobs(kind="round")[0] if j.active]:
         problems.append("a round is already running; wait for it or stop it")
     try:
-        load_pipeline_config(config)
+        problems += store_round_problems(load_pipeline_config(config), store)
     except WorkbenchError as e:
         problems.append(str(e))
     if problems:
@@ -106,14 +109,22 @@ def start_round() -> None:
 with st.container(border=True):
     if target is None:
         st.markdown("**Close a round**: nothing is labeled yet.")
+    elif up_to_date:
+        st.markdown(
+            f"**Round {target} is closed** and no label came in since; its policy wrote round {target + 1}'s "
+            f"candidates. Once annotators have labeled round {target + 1}, close it here."
+        )
     else:
         r = labeled[-1]
+        again = " again (new labels since it was closed)" if r.closed else ""
         st.markdown(
-            f"**Close round {target}** ({r.labeled} of {r.comparisons} comparisons labeled, {r.labels} labels; "
-            f"{sum(x.labels for x in rows)} labels in all rounds) **and start round {target + 1}**"
+            f"**Close round {target}{again}** ({r.labeled} of {r.comparisons} comparisons labeled, {r.labels} "
+            f"labels; {total_labels} labels in all rounds) **and start round {target + 1}**"
         )
     configs = {str(p): p.name for p in rd.pipeline_configs()}
-    default = next((k for k, v in configs.items() if v == "round.yaml"), next(iter(configs), ""))
+    # The config the last round was closed with (its model is the policy's base), else round.yaml.
+    last = next((str(r.closed.get("config_file")) for r in reversed(rows) if r.closed), None)
+    default = last if last in configs else next((k for k, v in configs.items() if v == "round.yaml"), "")
     ss.setdefault("round_config", default)
     st.selectbox(
         "Config",
@@ -131,7 +142,7 @@ with st.container(border=True):
         type="primary",
         icon=":material/autorenew:",
         on_click=start_round,
-        disabled=target is None or bool(active),
+        disabled=target is None or up_to_date or bool(active),
         key="round_start",
     )
     if problems := ss.pop("round_problems", None):

@@ -108,11 +108,20 @@ def test_one_button_closes_round_zero_and_opens_round_one(open_app, home, store,
     assert any(s.value.startswith("Finished: the next round's candidates") for s in at.success)
     assert sum("*done*" in m.value for m in at.markdown) == 4  # the four stages
     assert Path(rows["policy"][0], "config.json").exists()
+    # Round 0 is closed and nothing new is labeled: nothing to close until round 1 is labeled.
+    assert any(m.value.startswith("**Round 0 is closed** and no label came in since") for m in at.markdown)
+    assert at.button(key="round_start").disabled
 
-    # Annotators label round 1: the button now closes round 1.
+    # Annotators label round 1: the button now closes round 1, with the config round 0 was closed with.
     label_round(store, 1, "bob")
     at.run()
     assert at.button(key="round_start").label == "Close round 1 and start round 2"
+    assert at.selectbox(key="round_config").value == str(QUICK)
+    # Another base model would pair round 0's tiny policy with a SmolLM2 reward model: refused at once.
+    at.selectbox(key="round_config").set_value(str(rd.CONFIGS_DIR / "round.yaml"))
+    at.button(key="round_start").click().run()
+    assert at.error[0].value.startswith("Not started:\n- round 0 was closed with generation.model 'tiny'")
+    assert len(pj.list_jobs(home / "jobs", kind="round")[0]) == 1
 
 
 def test_pipeline_reports_are_shown_newest_first(open_app, home, store):
