@@ -1,4 +1,5 @@
-"""Shared pieces of the app: the store handle, who is logged in, and safe rendering of user text.
+"""Shared pieces of the app: the store handle, who is logged in, safe rendering of user text, and the
+panels of background process jobs (PPO runs, rounds).
 
 Every piece of text that came from a user or a model goes through `render_text` / `render_prompt`:
 Markdown with raw HTML disabled (Streamlit's default; this package never passes
@@ -7,11 +8,15 @@ Markdown with raw HTML disabled (Streamlit's default; this package never passes
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from labeling_ui.jobs import JobRunner
+from labeling_ui.process_jobs import ProcessJob, load_job, log_tail, stop_job
 from rlhf.errors import WorkbenchError
 from rlhf.schema import Annotator
 from rlhf.store import Store, default_db_url
@@ -161,3 +166,29 @@ def upload_to_temp(uploaded: Any, folder: str) -> Any:
     path = Path(folder) / safe
     path.write_bytes(uploaded.getvalue())
     return path
+
+
+# -- background process jobs (the PPO runs and Rounds pages) ---------------------------------------
+
+
+def stop_job_then_rerun(job_id: str, jobs_folder: str, error_key: str, grace_s: float) -> None:
+    """Stop button callback: SIGTERM to the job's process group, SIGKILL after `grace_s`; then the whole
+    page reruns (not only the jobs fragment the button sits in), so the job shows as ended. A failure
+    to stop is left in `st.session_state[error_key]` for the page to show."""
+    try:
+        stop_job(load_job(Path(jobs_folder) / f"{job_id}.json"), grace_s=grace_s)
+    except ValueError as e:
+        st.session_state[error_key] = str(e)
+    st.rerun()  # from a callback: escalates the interaction to a full-app rerun
+
+
+def jobs_to_show(jobs: Sequence[ProcessJob], ended: int) -> list[ProcessJob]:
+    """The running jobs, then the newest `ended` ended ones."""
+    return [j for j in jobs if j.active] + [j for j in jobs if not j.active][:ended]
+
+
+def job_log(job: ProcessJob) -> None:
+    """The job's command and the end of its log, as code (text), open when it failed."""
+    with st.expander("Log (last lines)", expanded=job.status == "failed"):
+        st.code(shlex.join(job.command), language="bash", wrap_lines=True)
+        st.code(log_tail(job) or "(nothing logged yet)", language=None)

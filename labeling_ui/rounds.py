@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf.pipeline import STAGES, store_rounds_dir
+from rlhf.pipeline import store_rounds_dir
 from rlhf.runs import read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,3 @@ def pipeline_reports(home: Path) -> list[Path]:
 def report_label(path: Path) -> str:
     """`<pipeline> round <N>` for a report path."""
     return f"{path.parent.parent.name} {path.parent.name.replace('-', ' ')}"
-
-
-def stage_folder(number: int, stage: str, root: Path | None = None) -> Path:
-    return (root or store_rounds_dir()) / f"round-{number}" / f"{STAGES.index(stage) + 1}-{stage}"

@@ -513,27 +513,40 @@ def _comparisons_hash(comps: list[Any]) -> str:
     return _hash([[c.id, c.prompt_id, c.completion_a.text, c.completion_b.text, c.completion_a.model] for c in comps])
 
 
-def _stage_generate(r: _Round, policy: str, policy_hash: str, plan: PromptPlan) -> dict[str, Any]:
+def _stage_generate(
+    r: _Round,
+    policy: str,
+    inputs: dict[str, str],
+    plan: PromptPlan,
+    number: int,
+    required_labels: int | None = None,
+    replace: bool = False,
+) -> dict[str, Any]:
+    """Candidates from `policy` for round `number`'s window of the pool (comparison.round = number).
+
+    `replace`: drop that round's comparisons first (only in a pipeline's own store: its round-N
+    comparisons are exactly what this stage made); the data home's store keeps everything."""
     from rlhf.generate import generate_candidates
 
-    window = round_window(len(plan.pool), r.number, r.config.generation_limit)
+    window = round_window(len(plan.pool), number, r.config.generation_limit)
     ids = [plan.pool[i][0] for i in window]
     prompts = {"pool": len(plan.pool), "held_out": len(plan.held_out), "first": window[0], "count": len(ids)}
 
     def work(folder: Path) -> dict[str, Any]:
-        _delete_round(r.store, r.number)
+        if replace:
+            _delete_round(r.store, number)
         report = generate_candidates(
             r.store,
             model=policy,
             settings=r.config.generation,
-            required_labels=1,
-            round=r.number,
+            required_labels=required_labels,
+            round=number,
             prompt_ids=ids,
         )
-        comps = _round_comparisons(r.store, r.number)
+        comps = _round_comparisons(r.store, number)
         if not comps:
             raise WorkbenchError(
-                f"round {r.number}: generation made no comparison (every pair identical?); "
+                f"round {number}: generation made no comparison (every pair identical?); "
                 "raise `generation.temperature` or `generation.num_candidates`"
             )
         rows = [
@@ -551,17 +564,17 @@ def _stage_generate(r: _Round, policy: str, policy_hash: str, plan: PromptPlan) 
         summary = {**dataclasses.asdict(report), "tokens_per_s": report.tokens_per_s, "model": policy}
         return {
             "output_hash": _comparisons_hash(comps),
+            "round": number,
             "comparisons": len(comps),
             "generation": summary,
             "prompts": prompts,
         }
 
     def in_store(record: dict[str, Any]) -> bool:
-        comps = _round_comparisons(r.store, r.number)
+        comps = _round_comparisons(r.store, number)
         return bool(comps) and _comparisons_hash(comps) == record["output_hash"]
 
-    inputs = {"prompts": r.done["prompts"]["output_hash"], "policy": policy_hash, "window": _hash(ids)}
-    return r.run("generate", inputs, work, in_store)
+    return r.run("generate", {**inputs, "window": _hash(ids)}, work, in_store)
 
 
 def _annotator_id(store: Any, name: str) -> int:
@@ -840,7 +853,8 @@ def _run_round(
         policy, policy_hash = prev["policy"], prev["output_hash"]
     _stage_prompts(r)
     plan = _prompt_plan(r)
-    _stage_generate(r, policy, policy_hash, plan)
+    inputs = {"prompts": r.done["prompts"]["output_hash"], "policy": policy_hash}
+    _stage_generate(r, policy, inputs, plan, r.number, required_labels=1, replace=True)
     _stage_label(r)
     _stage_export(r, [p.done["label"]["output_hash"] for p in previous] + [r.done["label"]["output_hash"]])
     _stage_reward(r)
@@ -1205,32 +1219,6 @@ def _previous_policy(root: Path, number: int, config: PipelineConfig) -> tuple[s
     return config.model, _hash(config.model)
 
 
-def _stage_next_candidates(r: _Round, plan: PromptPlan) -> dict[str, Any]:
-    """Round N+1's candidates from round N's tuned policy, into the annotators' queues."""
-    from rlhf.generate import generate_candidates
-
-    policy, nxt = r.done["ppo"]["policy"], r.number + 1
-    window = round_window(len(plan.pool), nxt, r.config.generation_limit)
-    ids = [plan.pool[i][0] for i in window]
-
-    def work(folder: Path) -> dict[str, Any]:
-        report = generate_candidates(r.store, model=policy, settings=r.config.generation, round=nxt, prompt_ids=ids)
-        comps = _round_comparisons(r.store, nxt)
-        if not comps:
-            raise WorkbenchError(
-                f"round {nxt}: generation made no comparison (every pair identical?); "
-                "raise `generation.temperature` or `generation.num_candidates`"
-            )
-        summary = {**dataclasses.asdict(report), "tokens_per_s": report.tokens_per_s, "model": policy}
-        return {"output_hash": _comparisons_hash(comps), "round": nxt, "comparisons": len(comps), "generation": summary}
-
-    def in_store(record: dict[str, Any]) -> bool:
-        comps = _round_comparisons(r.store, nxt)
-        return bool(comps) and _comparisons_hash(comps) == record["output_hash"]
-
-    return r.run("generate", {"ppo": r.done["ppo"]["output_hash"], "window": _hash(ids)}, work, in_store)
-
-
 def run_store_round(config_path: Path, store: Any | None = None, progress: Progress | None = None) -> Path:
     """Close the labeling round of the data home's store (what annotators label in the app) and open
     the next: export every label so far, train the reward model, run PPO from the previous round's
@@ -1260,7 +1248,8 @@ def run_store_round(config_path: Path, store: Any | None = None, progress: Progr
     _stage_reward(r)
     plan = _prompt_plan(r)
     _stage_ppo(r, policy, policy_hash, plan)
-    _stage_next_candidates(r, plan)
+    # Round N+1's candidates from round N's tuned policy, into the annotators' queues.
+    _stage_generate(r, r.done["ppo"]["policy"], {"ppo": r.done["ppo"]["output_hash"]}, plan, number + 1)
     ppo = r.done["ppo"]
     write_json(
         r.dir / "round.json",

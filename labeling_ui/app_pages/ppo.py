@@ -9,15 +9,14 @@ rules and charts come from `labeling_ui.ppo_dashboard`; this file only lays them
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 
 import streamlit as st
 
 from labeling_ui import ppo_dashboard as pdash
 from labeling_ui import reward_inspector as ri
-from labeling_ui.components import render_text, require_admin, show_error
-from labeling_ui.process_jobs import list_jobs, load_job, log_tail, start_job, stop_job
+from labeling_ui.components import job_log, jobs_to_show, render_text, require_admin, show_error, stop_job_then_rerun
+from labeling_ui.process_jobs import list_jobs, start_job
 from rlhf.errors import WorkbenchError
 from rlhf.runs import runs_dir
 
@@ -178,16 +177,6 @@ with st.expander("Start a PPO run", expanded=not runs and not jobs, icon=":mater
 
 
 # -- 2) jobs started from the app ------------------------------------------------------------------
-def request_stop(job_id: str, jobs_folder: str) -> None:
-    """Button callback: SIGTERM to the job's process group, SIGKILL after the grace period; then the
-    whole page reruns (not only the jobs fragment the button sits in), so the run shows as ended."""
-    try:
-        stop_job(load_job(Path(jobs_folder) / f"{job_id}.json"), grace_s=STOP_GRACE_S)
-    except ValueError as e:
-        ss["ppo_job_error"] = str(e)
-    st.rerun()  # from a callback: escalates the interaction to a full-app rerun
-
-
 def show_job(job) -> None:
     run_dir = pdash.job_run_dir(job, root)
     run = pdash.load_ppo_run(run_dir) if run_dir is not None else None
@@ -201,8 +190,8 @@ def show_job(job) -> None:
                 "Stop",
                 key=f"ppo_stop_{job.id}",
                 icon=":material/stop:",
-                on_click=request_stop,
-                args=(job.id, str(job.root)),
+                on_click=stop_job_then_rerun,
+                args=(job.id, str(job.root), "ppo_job_error", STOP_GRACE_S),
                 disabled=job.status == "stopping",
                 help=f"SIGTERM to its process group, SIGKILL after {STOP_GRACE_S:g} s; the run keeps its last "
                 "checkpoint",
@@ -231,9 +220,7 @@ def show_job(job) -> None:
                 st.warning(f"Stopped from the app after {took}. {kept}")
             else:
                 st.warning("The process ended without recording an exit code (killed from outside the app?).")
-        with st.expander("Log (last lines)", expanded=job.status == "failed"):
-            st.code(shlex.join(job.command), language="bash", wrap_lines=True)
-            st.code(log_tail(job) or "(nothing logged yet)", language=None)
+        job_log(job)
 
 
 any_active = any(j.active for j in jobs)
@@ -246,7 +233,7 @@ def jobs_panel() -> None:
     except WorkbenchError as e:
         show_error(e)
         return
-    shown = [j for j in current if j.active] + [j for j in current if not j.active][:ENDED_JOBS_SHOWN]
+    shown = jobs_to_show(current, ENDED_JOBS_SHOWN)
     if shown:
         st.subheader("Jobs")
     for job in shown:

@@ -13,7 +13,6 @@ script; data and progress come from `labeling_ui.rounds`.
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -21,8 +20,8 @@ import streamlit as st
 import streamlit.components.v1 as components
 
 from labeling_ui import rounds as rd
-from labeling_ui.components import require_admin, show_error, store_or_stop
-from labeling_ui.process_jobs import list_jobs, load_job, log_tail, start_job, stop_job
+from labeling_ui.components import job_log, jobs_to_show, require_admin, show_error, stop_job_then_rerun, store_or_stop
+from labeling_ui.process_jobs import list_jobs, start_job
 from rlhf.errors import WorkbenchError
 from rlhf.home import data_home
 
@@ -152,14 +151,6 @@ with st.container(border=True):
 
 
 # -- 3) the round jobs -----------------------------------------------------------------------------
-def request_stop(job_id: str, jobs_folder: str) -> None:
-    try:
-        stop_job(load_job(Path(jobs_folder) / f"{job_id}.json"), grace_s=STOP_GRACE_S)
-    except ValueError as e:
-        ss["round_job_error"] = str(e)
-    st.rerun()
-
-
 def show_job(job) -> None:
     stages = rd.stage_progress(rd.read_log(job.log_path))
     with st.container(border=True):
@@ -170,8 +161,8 @@ def show_job(job) -> None:
                 "Stop",
                 key=f"round_stop_{job.id}",
                 icon=":material/stop:",
-                on_click=request_stop,
-                args=(job.id, str(job.root)),
+                on_click=stop_job_then_rerun,
+                args=(job.id, str(job.root), "round_job_error", STOP_GRACE_S),
                 disabled=job.status == "stopping",
                 help="Stops the round; a re-run redoes the stage that was cut and skips the finished ones",
             )
@@ -190,9 +181,7 @@ def show_job(job) -> None:
             st.warning("Stopped from the app. Closing the round again resumes at the unfinished stage.")
         elif job.status == "lost":
             st.warning("The process ended without recording an exit code (killed from outside the app?).")
-        with st.expander("Log (last lines)", expanded=job.status == "failed"):
-            st.code(shlex.join(job.command), language="bash", wrap_lines=True)
-            st.code(log_tail(job) or "(nothing logged yet)", language=None)
+        job_log(job)
 
 
 @st.fragment(run_every=JOB_REFRESH_S if active else None)
@@ -202,7 +191,7 @@ def jobs_panel() -> None:
     except WorkbenchError as e:
         show_error(e)
         return
-    shown = [j for j in current if j.active] + [j for j in current if not j.active][:ENDED_JOBS_SHOWN]
+    shown = jobs_to_show(current, ENDED_JOBS_SHOWN)
     if shown:
         st.subheader("Round jobs")
     for job in shown:

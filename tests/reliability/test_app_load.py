@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -63,13 +64,26 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores, load average {load} at the end"
 
 
-async def _annotators(browser, server, seed, tally_: Tally) -> list[Annotator]:
-    people = [
-        Annotator(browser, server, aid, token, tally_, seed=SEED * 1000 + i)
-        for i, (aid, token) in enumerate(zip(seed.annotator_ids, seed.annotator_tokens, strict=True))
-    ]
-    await asyncio.gather(*(p.open() for p in people))
-    return people
+@asynccontextmanager
+async def app_with_annotators(store, home: Path, tmp_path: Path, seed, tally_: Tally):
+    """The running app and one browser context per seeded annotator, each with its page open:
+    yields (server, people); closes the browser and stops the server afterwards."""
+    from playwright.async_api import async_playwright
+
+    server = AppServer(app_env(store, home), tmp_path / "streamlit.log")
+    await server.start()
+    try:
+        async with async_playwright() as pw:
+            browser = await launch_browser(pw)
+            people = [
+                Annotator(browser, server, aid, token, tally_, seed=SEED * 1000 + i)
+                for i, (aid, token) in enumerate(zip(seed.annotator_ids, seed.annotator_tokens, strict=True))
+            ]
+            await asyncio.gather(*(p.open() for p in people))
+            yield server, people
+            await browser.close()
+    finally:
+        server.stop()
 
 
 def test_twenty_annotators_through_the_app(store, home, tmp_path):
@@ -79,22 +93,11 @@ def test_twenty_annotators_through_the_app(store, home, tmp_path):
     tally_ = Tally()
 
     async def main() -> tuple[float, float]:
-        from playwright.async_api import async_playwright
-
-        server = AppServer(app_env(store, home), tmp_path / "streamlit.log")
-        await server.start()
-        try:
-            async with async_playwright() as pw:
-                browser = await launch_browser(pw)
-                people = await _annotators(browser, server, seed, tally_)
-                await asyncio.gather(*(p.ensure_logged_in(server.killed) for p in people))
-                t0, cpu0 = time.perf_counter(), server.cpu_s()
-                await asyncio.wait_for(asyncio.gather(*(p.run(LABELS_EACH) for p in people)), timeout=240)
-                wall, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
-                await browser.close()
-                return wall, cpu
-        finally:
-            server.stop()
+        async with app_with_annotators(store, home, tmp_path, seed, tally_) as (server, people):
+            await asyncio.gather(*(p.ensure_logged_in(server.killed) for p in people))
+            t0, cpu0 = time.perf_counter(), server.cpu_s()
+            await asyncio.wait_for(asyncio.gather(*(p.run(LABELS_EACH) for p in people)), timeout=240)
+            return time.perf_counter() - t0, server.cpu_s() - cpu0
 
     wall, server_cpu = asyncio.run(main())
     r = tally(store, tally_.acked, required=3, target=ANNOTATORS * LABELS_EACH)
@@ -122,38 +125,28 @@ def test_kill_9_of_the_app_server_loses_no_acknowledged_label(store, home, tmp_p
     stop = asyncio.Event()
 
     async def main() -> AppServer:
-        from playwright.async_api import async_playwright
+        async with app_with_annotators(store, home, tmp_path, seed, tally_) as (server, people):
+            work = asyncio.gather(*(p.run(None, stop) for p in people))
 
-        server = AppServer(app_env(store, home), tmp_path / "streamlit.log")
-        await server.start()
-        try:
-            async with async_playwright() as pw:
-                browser = await launch_browser(pw)
-                people = await _annotators(browser, server, seed, tally_)
-                work = asyncio.gather(*(p.run(None, stop) for p in people))
+            async def acks_since(n0: int, at_least: int) -> None:
+                while len(tally_.acked) - n0 < at_least:  # the annotators' own record, no I/O
+                    if work.done():
+                        work.result()  # an annotator failed: raise its error
+                        raise AssertionError(f"annotators stopped: {tally_.errors}")
+                    await asyncio.sleep(0.05)
 
-                async def acks_since(n0: int, at_least: int) -> None:
-                    while len(tally_.acked) - n0 < at_least:  # the annotators' own record, no I/O
-                        if work.done():
-                            work.result()  # an annotator failed: raise its error
-                            raise AssertionError(f"annotators stopped: {tally_.errors}")
-                        await asyncio.sleep(0.05)
+            async def kill_loop() -> None:
+                for _ in range(KILLS):
+                    await acks_since(len(tally_.acked), ACKS_BEFORE_KILL)  # labelling is under way
+                    await asyncio.sleep(rng.uniform(0.0, 3.0))  # then a random moment
+                    server.kill9()
+                    await server.start()
+                await acks_since(len(tally_.acked), 2 * ACKS_BEFORE_KILL)  # they carry on after the last restart
+                stop.set()
 
-                async def kill_loop() -> None:
-                    for _ in range(KILLS):
-                        await acks_since(len(tally_.acked), ACKS_BEFORE_KILL)  # labelling is under way
-                        await asyncio.sleep(rng.uniform(0.0, 3.0))  # then a random moment
-                        server.kill9()
-                        await server.start()
-                    await acks_since(len(tally_.acked), 2 * ACKS_BEFORE_KILL)  # they carry on after the last restart
-                    stop.set()
-
-                await asyncio.wait_for(kill_loop(), timeout=480)
-                await asyncio.wait_for(work, timeout=120)
-                await browser.close()
-                return server
-        finally:
-            server.stop()
+            await asyncio.wait_for(kill_loop(), timeout=480)
+            await asyncio.wait_for(work, timeout=120)
+            return server
 
     server = asyncio.run(main())
     fresh = check_opens_cleanly(store)
