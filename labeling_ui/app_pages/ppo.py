@@ -169,7 +169,9 @@ with st.expander("Start a PPO run", expanded=not runs and not jobs, icon=":mater
             height=80,
             placeholder="response_length=48\nnum_ppo_epochs=2\nlora=true",
         )
-        st.button("Start PPO run", type="primary", icon=":material/play_arrow:", on_click=start_run)
+        st.button(
+            "Start PPO run", key="ppo_start_run", type="primary", icon=":material/play_arrow:", on_click=start_run
+        )
     if problems := ss.pop("ppo_start_problems", None):
         st.error("Not started:\n" + "\n".join(f"- {p}" for p in problems))
     if started := ss.pop("ppo_started", None):

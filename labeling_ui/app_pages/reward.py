@@ -286,7 +286,7 @@ with tab_try:
         cols = st.columns(min(n, 3))
         for i in range(n):
             cols[i % len(cols)].text_area(f"Response {i + 1}", key=f"rw_resp_{i}", height=150)
-        submitted = st.form_submit_button("Score", type="primary", icon=":material/calculate:")
+        submitted = st.form_submit_button("Score", key="rw_score_button", type="primary", icon=":material/calculate:")
     if submitted:
         prompt = ss["rw_prompt"]
         responses = [ss[f"rw_resp_{i}"] for i in range(n)]
@@ -345,7 +345,7 @@ with tab_try:
                 "Response", range(len(scored["responses"])), format_func=lambda i: f"Response {i + 1}"
             )
             points = c[1].slider("Points at most", min_value=8, max_value=128, value=48, step=8)
-            trace = c[2].form_submit_button("Trace", icon=":material/show_chart:")
+            trace = c[2].form_submit_button("Trace", key="rw_trace_button", icon=":material/show_chart:")
         if trace:
             try:
                 model, tok = reward_model(str(run.path))

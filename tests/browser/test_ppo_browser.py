@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from app_ui import app_button, wait_for_idle
 from ppo_run import RUNAWAY_KL, RUNAWAY_LENGTH, write_fake_ppo_run, write_fake_reward_folder
 
 pytestmark = pytest.mark.browser
@@ -61,7 +62,7 @@ def test_admin_watches_and_compares_ppo_runs(app, page):
     _screenshot(page, "ppo_dashboard_compare.png")
 
     page.get_by_text("Start a PPO run").click()
-    expect(page.get_by_role("button", name=re.compile("Start PPO run"))).to_be_visible()
+    expect(app_button(page, "ppo_start_run")).to_be_visible()
     _screenshot(page, "ppo_dashboard_start.png")
     assert page.dialogs == []
 
@@ -95,7 +96,11 @@ def test_admin_sees_jobs_and_stops_one(app, page):
         expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_value("20260103-120000-app-abc123")
         expect(page.get_by_test_id("stMetricValue").first).to_have_text("live")
         _screenshot(page, "ppo_dashboard_jobs.png")
-        page.get_by_role("button", name=re.compile("Stop$")).click()
+        # By the app's own key: a header "Stop" of Streamlit's shows while the jobs panel reruns.
+        stop = app_button(page, f"ppo_stop_{running.id}")
+        expect(stop).to_be_enabled()
+        wait_for_idle(page)
+        stop.click()
         expect(page.get_by_text(re.compile("Stopped from the app after"))).to_be_visible()
         assert pj.load_job(running.record_path).status == "stopped"
         assert pj.load_job(failed.record_path).returncode == 2

@@ -3,10 +3,10 @@ pairs (inert XSS), scores typed responses and traces one; screenshots go to test
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+from app_ui import click_app_button
 from reward_run import XSS_PROMPT, write_fake_reward_run
 
 pytestmark = pytest.mark.browser
@@ -47,14 +47,14 @@ def test_admin_inspects_a_reward_run(app, page, tiny_model_dir):
     expect(page.get_by_text("<script>alert('p')</script>", exact=False).first).to_be_visible()
     assert page.locator("img[src='x']").count() == 0
     _screenshot(page, "reward_inspector_misranked.png")
-    page.get_by_role("button", name=re.compile("Try it with this pair")).first.click()
+    click_app_button(page, "rw_load_0")  # the worst pair's
 
     # Try it: the pair was loaded; score it and trace the chosen response.
     page.get_by_role("tab", name="Try it").click()
     expect(page.get_by_label("Prompt")).to_have_value(XSS_PROMPT)
-    page.get_by_role("button", name=re.compile("Score$")).click()
+    click_app_button(page, "rw_score_button")
     expect(page.get_by_text("Reward per token prefix")).to_be_visible(timeout=60_000)  # first load imports torch
-    page.get_by_role("button", name=re.compile("Trace$")).click()
+    click_app_button(page, "rw_trace_button")
     expect(page.get_by_text("Prefix scores of Response 1 as a table")).to_be_visible()
     _screenshot(page, "reward_inspector_try.png")
     assert page.dialogs == []
