@@ -122,7 +122,7 @@ def worker(kind: str, export: Path, model: str, max_length: int, batch: int, out
             return Timed
 
         reward._trainer_class = timed_cls
-        opts = reward.RewardOptions(model=model, early_stopping_patience=0)
+        opts = reward.RewardOptions(model=model, early_stopping_patience=0, freeze_backbone=False)
         run = reward.train_reward(
             export,
             opts,

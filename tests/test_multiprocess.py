@@ -66,7 +66,12 @@ def test_ppo_with_two_processes(store, home, tmp_path):
     configs = Path(__file__).parents[1] / "pipelines" / "configs"
     import_preferences(store, write_marker_preferences(tmp_path / "prefs.jsonl", 40))
     export_preferences(store, tmp_path / "export", ExportOptions(test_fraction=0.25))
-    reward = train_reward(tmp_path / "export", RewardOptions(model="tiny", early_stopping_patience=0), {}, max_steps=2)
+    reward = train_reward(
+        tmp_path / "export",
+        RewardOptions(model="tiny", early_stopping_patience=0, freeze_backbone=False),
+        {},
+        max_steps=2,
+    )
     import_prompts(store, Path(__file__).parents[1] / "rlhf" / "data" / "demo_prompts.jsonl")
     r = torchrun_rlhf(
         home,

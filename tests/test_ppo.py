@@ -142,7 +142,9 @@ def world(tmp_path_factory, tiny_model_dir):
             export = marker_export(store, tmp, n=64, test_fraction=0.0)
             reward = train_reward(
                 export,
-                RewardOptions(model=str(tiny_model_dir), early_stopping_patience=0, precision="fp32"),
+                RewardOptions(
+                    model=str(tiny_model_dir), early_stopping_patience=0, precision="fp32", freeze_backbone=False
+                ),
                 {"learning_rate": 3e-3, "num_train_epochs": 3, "save_strategy": "no", "logging_steps": 8},
             )
             policy = sft_marker_policy(tiny_model_dir, tmp / "policy")
@@ -656,7 +658,7 @@ def test_smollm2_lora_two_steps(home, tmp_path, store):
     export = marker_export(store, tmp_path, n=16, test_fraction=0.0)
     reward = train_reward(
         export,
-        RewardOptions(model="default", lora=True, early_stopping_patience=0),
+        RewardOptions(model="default", lora=True, early_stopping_patience=0, freeze_backbone=False),
         {"max_length": 256, "per_device_train_batch_size": 4, "save_strategy": "no"},
         max_steps=2,
     )

@@ -38,7 +38,9 @@ def trained(tmp_path_factory, tiny_model_dir):
         store = Store()
         store.init()
         export = marker_export(store, tmp)
-        run = train_reward(export, RewardOptions(model=str(tiny_model_dir), early_stopping_patience=0), FAST)
+        run = train_reward(
+            export, RewardOptions(model=str(tiny_model_dir), early_stopping_patience=0, freeze_backbone=False), FAST
+        )
         return run, export
     finally:
         os.environ.pop("RLHF_HOME") if old is None else os.environ.__setitem__("RLHF_HOME", old)
@@ -175,7 +177,10 @@ def test_over_length_pairs_are_counted(tiny_model_dir, tmp_path, store):
     limit = longest[len(longest) // 2]  # the median: about half the pairs are too long
     expected = sum(n > limit for n in longest)
     run = train_reward(
-        export, RewardOptions(model=str(tiny_model_dir), early_stopping_patience=0), {"max_length": limit}, max_steps=1
+        export,
+        RewardOptions(model=str(tiny_model_dir), early_stopping_patience=0, freeze_backbone=False),
+        {"max_length": limit},
+        max_steps=1,
     )
     s = read_json(run / "summary.json")
     assert expected > 0 and s["dropped_too_long"]["train"] == expected
@@ -272,7 +277,7 @@ def test_smollm2_lora_short_run(home, tmp_path, store):
     export = marker_export(store, tmp_path, n=24)
     run = train_reward(
         export,
-        RewardOptions(model="default", lora=True, early_stopping_patience=0),
+        RewardOptions(model="default", lora=True, early_stopping_patience=0, freeze_backbone=False),
         {"max_length": 256, "per_device_train_batch_size": 4},
         max_steps=3,
     )
@@ -318,3 +323,54 @@ def test_fp16_without_a_gpu_is_refused_with_the_other_problems(monkeypatch, tmp_
     with pytest.raises(ValidationError) as e:
         build_ppo_config(PPOOptions(precision="fp16"), {"learning_rate": -1.0}, tmp_path)
     assert e.value.problems == [fix, "`learning_rate` must be > 0, got -1.0"]
+
+
+# -- frozen backbone + trained head (the default) ----------------------------------------------
+
+
+def test_head_fit_finds_the_direction_that_separates_the_pairs():
+    import torch
+
+    from rlhf.reward_head import fit_head
+
+    g = torch.Generator().manual_seed(0)
+    n, h = 200, 16
+    rejected = torch.randn(n, h, generator=g)
+    chosen = torch.randn(n, h, generator=g)
+    chosen[:, 3] += 2.0  # the preferred side is higher along dimension 3 only
+    fit = fit_head(chosen, rejected, [0.0] * n, groups=[i // 4 for i in range(n)])
+    assert int(fit.weight.abs().argmax()) == 3 and fit.weight[3] > 0
+    assert fit.validation_pairs == 40  # 20% of the 50 prompts, 4 pairs each
+    assert fit.validation_accuracy >= 0.85
+    test_r, test_c = torch.randn(100, h, generator=g), torch.randn(100, h, generator=g)
+    test_c[:, 3] += 2.0
+    assert float(((test_c @ fit.weight) > (test_r @ fit.weight)).float().mean()) >= 0.85
+
+
+def test_head_run_writes_a_reloadable_model_and_an_honest_report(tiny_model_dir, tmp_path, store):
+    export = marker_export(store, tmp_path)
+    run = train_reward(export, RewardOptions(model=str(tiny_model_dir)))
+    s = read_json(run / "summary.json")
+    assert s["mode"] == "head" and s["stop"] == {"reason": "completed"}
+    assert s["train_pairs"] + s["test_pairs"] == 80 and s["head"]["epochs"] >= 1
+    report = read_json(run / "eval_report.json")
+    iv = s["eval_accuracy_interval"]
+    assert iv["n"] == s["test_pairs"] < 30 and iv["low"] <= s["eval_accuracy"] <= iv["high"]
+    # 20 held-out pairs cannot tell learning from luck, whatever the accuracy.
+    assert s["learning"]["status"] == report["learning"]["status"] == "too_small"
+    assert "too small" in s["learning"]["message"]
+    # The saved model gives the report's scores: the head really is in model/score.
+    from datasets import load_from_disk
+
+    from rlhf.reward import evaluate_pairs
+
+    model, tok = load_reward_model(run)
+    assert model.config.reward_backbone_frozen is True
+    rows = evaluate_pairs(model, tok, to_conversational(load_from_disk(str(export))["test"]))
+    assert sum(r["r_chosen"] > r["r_rejected"] for r in rows) / len(rows) == s["eval_accuracy"]
+    misranked = {m["comparison_id"]: m for m in report["misranked"]}
+    for r in rows:
+        if r["comparison_id"] in misranked:
+            assert math.isclose(r["r_chosen"], misranked[r["comparison_id"]]["r_chosen"], rel_tol=1e-4, abs_tol=1e-5)
+    stats = read_json(run / "reward_stats.json")
+    assert stats["reward_std"] > 0 and stats["n_responses"] == 2 * s["train_pairs"]

@@ -100,7 +100,9 @@ def test_reward_training_stops_at_the_bad_step_and_keeps_the_last_good_checkpoin
         torch.set_num_threads(1)
         train_reward(
             export,
-            RewardOptions(model=str(tiny_model_dir), early_stopping_patience=0, precision="fp32"),
+            RewardOptions(
+                model=str(tiny_model_dir), early_stopping_patience=0, precision="fp32", freeze_backbone=False
+            ),
             trl,
             max_steps=12,
             run_dir=run,
@@ -139,7 +141,9 @@ def test_reward_divergence_before_any_checkpoint_keeps_no_model(tiny_model_dir, 
         torch.set_num_threads(1)
         train_reward(
             export,
-            RewardOptions(model=str(tiny_model_dir), early_stopping_patience=0, precision="fp32"),
+            RewardOptions(
+                model=str(tiny_model_dir), early_stopping_patience=0, precision="fp32", freeze_backbone=False
+            ),
             {"learning_rate": 3e-3, "save_steps": 50},
             max_steps=12,
             run_dir=run,
@@ -161,7 +165,7 @@ def test_reward_option_refused_and_cli_exits_non_zero(tiny_model_dir, tmp_path, 
     with torch.random.fork_rng():
         torch.set_num_threads(1)
         code = main(
-            ["train-reward", str(export), "--model", str(tiny_model_dir), "--max-steps", "10"]
+            ["train-reward", str(export), "--model", str(tiny_model_dir), "--max-steps", "10", "--finetune"]
             + [x for kv in sets for x in ("--set", kv)]
         )
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines

@@ -50,7 +50,9 @@ def main(argv: list[str]) -> None:
                     self.add_callback(sleeper(sleep))
 
             reward._trainer_class = lambda: Slow
-        opts = RewardOptions(model=model, early_stopping_patience=0, precision="fp32", resume=resume)
+        opts = RewardOptions(
+            model=model, early_stopping_patience=0, precision="fp32", resume=resume, freeze_backbone=False
+        )
         train_reward(Path(export), opts, REWARD_TRL, max_steps=int(steps), run_dir=Path(run_dir))
     else:
         from rlhf.ppo import PPOOptions, train_ppo

@@ -1,0 +1,131 @@
+"""Simulated annotators: preference rules whose truth is known, so a round can measure what it learned.
+
+A rule scores one response to one prompt; the annotator prefers the higher score (equal scores:
+a tie) and flips a share `noise` of its decisive verdicts, since real annotators agree with each
+other only 73-77% of the time (InstructGPT). Because the score is known, the benchmark and the
+round report can put the TRUE quality of a policy beside the reward model's opinion of it, and
+"reward up, truth down" (reward hacking) is plain to see.
+
+The rules, each of a different kind and none of them length:
+
+  uses_list         format  the answer is laid out as a list: score 1 with two or more lines that
+                            start with a list marker (`-`, `*`, `•`, `1.`, `2)` ...), else 0
+  addresses_reader  tone    the answer speaks to the reader: score 1 if it says you / your /
+                            yours / yourself (whole words, any case), else 0
+  gives_numbers     content the answer is concrete: score 1 if it holds a digit, else 0
+  complete_then_longer  length (the old default, kept for comparison): a response that ended by
+                            itself (EOS) beats one cut off (strength 2); otherwise the longer wins
+                            (strength 1); equal length ties
+
+A decisive verdict of the content rules has strength 2 ("better"). The flip of a comparison is
+drawn from `random.Random(f"{seed}:{comparison_id}")`: reproducible, independent of visiting order.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_LIST_ITEM = re.compile(r"(?m)^[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+\S")
+_YOU = re.compile(r"\b(?:you|your|yours|yourself|yourselves)\b", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
+
+
+def _uses_list(prompt: str, response: str, finish: str | None) -> float:
+    return 1.0 if len(_LIST_ITEM.findall(response)) >= 2 else 0.0
+
+
+def _addresses_reader(prompt: str, response: str, finish: str | None) -> float:
+    return 1.0 if _YOU.search(response) else 0.0
+
+
+def _gives_numbers(prompt: str, response: str, finish: str | None) -> float:
+    return 1.0 if _DIGIT.search(response) else 0.0
+
+
+def _complete_then_longer(prompt: str, response: str, finish: str | None) -> float:
+    # Completion dominates: any EOS-ended answer outscores any cut-off one.
+    return (1e9 if finish == "eos" else 0.0) + len(response.strip())
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One simulated preference: `score(prompt, response, finish)`; higher is preferred."""
+
+    name: str
+    kind: str  # format | tone | content | length
+    summary: str
+    score_fn: Callable[[str, str, str | None], float]
+
+    def score(self, prompt: str, response: str, finish: str | None = None) -> float:
+        return self.score_fn(prompt, response, finish)
+
+    def verdict(self, prompt: str, a: tuple[str, str | None], b: tuple[str, str | None]) -> tuple[str, int | None]:
+        """(choice, strength) for responses a = (text, finish_reason) and b, before noise."""
+        sa, sb = self.score(prompt, *a), self.score(prompt, *b)
+        if sa == sb:
+            return "tie", None
+        winner = "A" if sa > sb else "B"
+        if self.name == "complete_then_longer":
+            return winner, 2 if (a[1] == "eos") != (b[1] == "eos") else 1
+        return winner, 2
+
+
+RULES: dict[str, Rule] = {
+    r.name: r
+    for r in (
+        Rule("uses_list", "format", "a list (2+ lines starting with -, *, • or 1.) beats prose", _uses_list),
+        Rule("addresses_reader", "tone", "speaking to the reader (you/your) beats impersonal text", _addresses_reader),
+        Rule("gives_numbers", "content", "an answer holding a number beats one without", _gives_numbers),
+        Rule(
+            "complete_then_longer",
+            "length",
+            "an answer that ended by itself beats a cut-off one; then the longer wins",
+            _complete_then_longer,
+        ),
+    )
+}
+CONTENT_RULES = tuple(n for n, r in RULES.items() if r.kind != "length")
+DEFAULT_RULE = "uses_list"
+
+
+def get_rule(name: str) -> Rule:
+    try:
+        return RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown rule {name!r}; choose one of {', '.join(RULES)}") from None
+
+
+def flip_draw(seed: int, comparison_id: int) -> float:
+    """The uniform draw in [0, 1) deciding whether a comparison's verdict is flipped."""
+    return random.Random(f"{seed}:{comparison_id}").random()
+
+
+def simulated_label(
+    rule: str | Rule,
+    comparison_id: int,
+    prompt: str,
+    a: tuple[str, str | None],
+    b: tuple[str, str | None],
+    noise: float,
+    seed: int,
+) -> dict[str, Any]:
+    """One comparison's label by the simulated annotator: the rule's verdict, a decisive one flipped
+    with probability `noise` (a tie stays a tie)."""
+    r = get_rule(rule) if isinstance(rule, str) else rule
+    choice, strength = r.verdict(prompt, a, b)
+    flipped = choice in ("A", "B") and flip_draw(seed, comparison_id) < noise
+    if flipped:
+        choice = "B" if choice == "A" else "A"
+    return {"comparison": comparison_id, "choice": choice, "strength": strength, "flipped": flipped}
+
+
+def rule_outcome(
+    rule: str | Rule, prompt: str, policy: tuple[str, str | None], reference: tuple[str, str | None]
+) -> float:
+    """1 if the rule prefers the policy's response, 0.5 on a tie, 0 if it prefers the reference's."""
+    choice, _ = (get_rule(rule) if isinstance(rule, str) else rule).verdict(prompt, policy, reference)
+    return {"A": 1.0, "tie": 0.5, "B": 0.0}[choice]
