@@ -54,14 +54,15 @@ app: setup
 		--server.port $(APP_PORT) --server.headless true --browser.gatherUsageStats false
 
 # The whole loop without a human: a SIMULATED annotator labels, then reward model + PPO on SmolLM2,
-# and an HTML report (rlhf-data/pipeline/round/round-0/report.html). pipeline-quick: the tiny model.
+# and an HTML report (rlhf-data/pipeline/round/round-0/report.html). pipeline-quick: the tiny model
+# (--force: its reward model cannot show learning, PPO runs anyway).
 # On a GPU: make pipeline CONFIG=pipelines/configs/round_gpu.yaml (a bigger round: ~4 min on an H200).
 CONFIG ?= pipelines/configs/round.yaml
 pipeline: setup
 	$(VENV)/bin/rlhf pipeline run $(CONFIG)
 
 pipeline-quick: setup
-	$(VENV)/bin/rlhf pipeline run pipelines/configs/quick.yaml
+	$(VENV)/bin/rlhf pipeline run pipelines/configs/quick.yaml --force
 
 # gpu_check.py needs a CUDA GPU: `make gpu-check` there (TORCH_SPEC=torch at setup).
 bench: setup

@@ -491,10 +491,14 @@ def _fmt(v: Any) -> str:
 def pipeline_run(
     config: Path = typer.Argument(..., help="Pipeline YAML, e.g. pipelines/configs/quick.yaml."),
     round: int | None = typer.Option(None, "--round", help="Run round N (rounds before it are brought up to date)."),
+    force: bool = typer.Option(
+        False, "--force", help="Run PPO even if the reward model learned nothing measurable (otherwise: stop there)."
+    ),
 ) -> None:
     """Run one RLHF round: candidates, simulated labels, export, reward model, PPO, evaluation, report.
 
-    Stages whose config and inputs are unchanged are skipped."""
+    Stages whose config and inputs are unchanged are skipped. A reward model whose held-out accuracy
+    shows no learning stops the round before PPO, unless --force."""
     from rlhf.pipeline import run_pipeline
 
     start = time.perf_counter()
@@ -502,18 +506,28 @@ def pipeline_run(
     def progress(n: int, stage: str, status: str) -> None:
         err.print(f"round {n} {stage}: {status} ({time.perf_counter() - start:.0f} s)")
 
-    folder = run_pipeline(config, round=round, progress=progress)
-    out.print(f"round folder: {folder}\nreport: {folder / 'report.html'}")
+    folder = run_pipeline(config, round=round, progress=progress, force=force)
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    learning = report["reward_model"].get("learning") or {}
+    out.print(
+        f"reward model: {learning.get('status', '?')}: {learning.get('message', '')}\n"
+        f"round folder: {folder}\nreport: {folder / 'report.html'}",
+        highlight=False,
+    )
 
 
 @app.command("round")
 def round_(
     config: Path = typer.Argument(..., help="Pipeline YAML: its generation, export, reward and ppo sections."),
+    force: bool = typer.Option(
+        False, "--force", help="Run PPO even if the reward model learned nothing measurable (otherwise: stop there)."
+    ),
 ) -> None:
     """Close the labeling round of the data home's store and open the next (the app's Rounds page).
 
     Every label so far -> reward model -> PPO from the previous round's policy -> candidates for the
-    next round from the tuned policy, in the annotators' queues. Unchanged stages are skipped."""
+    next round from the tuned policy, in the annotators' queues. Unchanged stages are skipped. A
+    reward model whose held-out accuracy shows no learning stops the round before PPO, unless --force."""
     from rlhf.pipeline import run_store_round
 
     start = time.perf_counter()
@@ -521,10 +535,15 @@ def round_(
     def progress(n: int, stage: str, status: str) -> None:
         err.print(f"round {n} {stage}: {status} ({time.perf_counter() - start:.0f} s)", highlight=False)
 
-    folder = run_store_round(config, progress=progress)
+    from rlhf.stats import fmt_proportion
+
+    folder = run_store_round(config, progress=progress, force=force)
     summary = json.loads((folder / "round.json").read_text(encoding="utf-8"))
+    accuracy = summary.get("reward_eval_accuracy_interval")
+    learning = (summary.get("reward_learning") or {}).get("status", "?")
     out.print(
-        f"round {summary['round']} closed: reward model held-out accuracy {summary['reward_eval_accuracy']}, "
+        f"round {summary['round']} closed: reward model held-out accuracy "
+        f"{fmt_proportion(accuracy) if accuracy else summary['reward_eval_accuracy']} ({learning}), "
         f"policy {summary['policy']}\nround {summary['next_round']}: {summary['next_round_comparisons']} "
         f"comparisons to label\nround folder: {folder}",
         highlight=False,

@@ -28,15 +28,25 @@ that stage, and (their inputs changed with it) every later stage. Round N > 0 fi
 0..N-1 up to date, then generates its candidates with round N-1's PPO policy (`6-ppo/run/policy`)
 and trains on the labels of every round so far.
 
-The SIMULATED annotator stands in for people so the loop runs headless (`rlhf pipeline run`,
-`make pipeline`). Its rule (`complete_then_longer`), applied to each pair (A, B):
-  1. a response that ended by itself (finish_reason `eos`) beats one cut off at `max_new_tokens`
-     (`length`): strength 2 ("better");
-  2. otherwise the longer text (characters, stripped) wins: strength 1 ("slightly better");
-  3. equal lengths: `tie` (dropped at export by default).
-With probability `noise` the verdict is flipped (A <-> B; a tie stays a tie), drawn per comparison
-from `random.Random(f"{seed}:{comparison_id}")`, so a run is reproducible and a label does not
-depend on the order comparisons are visited.
+The SIMULATED annotator (`rlhf/annotators.py`) stands in for people so the loop runs headless
+(`rlhf pipeline run`, `make pipeline`). `annotator.rule` names one of its rules (`annotators.RULES`;
+default `uses_list`: an answer laid out as a list beats prose; also `addresses_reader`,
+`gives_numbers`, and `complete_then_longer`, the old length rule that quick.yaml's random tiny model
+still uses). Each pair (A, B) gets the rule's verdict on the prompt's text and both responses; a
+decisive verdict is flipped with probability `noise`, drawn per comparison from
+`random.Random(f"{seed}:{comparison_id}")` (a tie stays a tie), so a run is reproducible and a label
+does not depend on the order comparisons are visited. Labels carry the rationale `simulated:<rule>`.
+
+Truth beside the reward model: the rule is known, so the evaluation stage judges each round's policy
+against the starting model by the rule (win rate with n and its 95% Wilson interval, the rule's mean
+score of both, mean lengths and their ratio) next to the reward model's scores, and the report shows
+them side by side: "reward up, truth down" (reward hacking) is visible.
+
+Stop before PPO: after the reward stage, a reward run whose `learning.status`
+(`rlhf.stats.learning_verdict` on its held-out accuracy) is not `learned` stops the round with a
+`WorkbenchError`: the verdict's message plus "; pass --force to run PPO anyway". `force=True`
+(`--force`) runs PPO on it anyway, and the report then says so in a red banner. quick.yaml (a tiny
+random model, a handful of held-out pairs) learns nothing by design: run it with --force.
 """
 
 from __future__ import annotations
@@ -46,7 +56,6 @@ import hashlib
 import html
 import json
 import logging
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -54,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf import annotators
 from rlhf.errors import ValidationError, WorkbenchError
 from rlhf.runs import MetricsLog, read_json, write_json
 
@@ -61,7 +71,6 @@ log = logging.getLogger(__name__)
 
 STAGES = ("prompts", "generate", "label", "export", "reward", "ppo", "evaluate", "report")
 SECTIONS = ("name", "prompts", "generation", "annotator", "export", "reward", "ppo", "evaluation")
-RULES = ("complete_then_longer",)
 DEMO_PROMPTS = Path(__file__).parent / "data" / "demo_prompts.jsonl"
 
 Progress = Callable[[int, str, str], None]  # progress(round, stage, "running" | "skipped" | "done")
@@ -74,12 +83,15 @@ Progress = Callable[[int, str, str], None]  # progress(round, stage, "running" |
 
 @dataclass
 class AnnotatorConfig:
-    """The simulated annotator (see the module doc for its rule)."""
+    """The simulated annotator (`rlhf/annotators.py`; see the module doc)."""
 
     name: str = field(
         default="simulated", metadata={"help": "Annotator name in the store; must start with `simulated`."}
     )
-    rule: str = field(default="complete_then_longer", metadata={"help": f"Preference rule, one of {RULES}."})
+    rule: str = field(
+        default=annotators.DEFAULT_RULE,
+        metadata={"help": f"Preference rule (rlhf/annotators.py), one of {', '.join(annotators.RULES)}."},
+    )
     noise: float = field(default=0.0, metadata={"help": "Probability of flipping each verdict (0 = always the rule)."})
     seed: int = field(default=0, metadata={"help": "Seed of the per-comparison flip draws."})
 
@@ -87,8 +99,8 @@ class AnnotatorConfig:
         p = []
         if not self.name.startswith("simulated"):
             p.append(f"`name` must start with `simulated` (labels by a rule must be recognisable), got {self.name!r}")
-        if self.rule not in RULES:
-            p.append(f"`rule` must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if self.rule not in annotators.RULES:
+            p.append(f"`rule` must be one of {', '.join(annotators.RULES)}, got {self.rule!r}")
         if not 0 <= self.noise <= 1:
             p.append(f"`noise` must be a probability in [0, 1], got {self.noise}")
         return p
@@ -154,7 +166,7 @@ class PipelineConfig:
             "reward": {"options": asdict(self.reward), "trl": self.reward_trl, "max_steps": self.reward_max_steps},
             "ppo": {"options": asdict(self.ppo), "trl": self.ppo_trl, "max_steps": self.ppo_max_steps},
             "evaluate": asdict(self.evaluation),
-            "report": {"version": 1},
+            "report": {"version": 2},  # 2: n, intervals, the learning verdict, the truth
         }[stage]
 
 
@@ -288,38 +300,6 @@ def load_pipeline_config(path: Path) -> PipelineConfig:
         ppo_max_steps=ppo_max,
         evaluation=evaluation,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# The simulated annotator
-# ---------------------------------------------------------------------------------------------
-
-
-def simulated_verdict(a_text: str, a_finish: str | None, b_text: str, b_finish: str | None) -> tuple[str, int | None]:
-    """(choice, strength) of the `complete_then_longer` rule, before noise (see the module doc)."""
-    a_done, b_done = a_finish == "eos", b_finish == "eos"
-    if a_done != b_done:
-        return ("A" if a_done else "B"), 2
-    la, lb = len(a_text.strip()), len(b_text.strip())
-    if la == lb:
-        return "tie", None
-    return ("A" if la > lb else "B"), 1
-
-
-def flip_draw(seed: int, comparison_id: int) -> float:
-    """The uniform draw in [0, 1) deciding whether a comparison's verdict is flipped."""
-    return random.Random(f"{seed}:{comparison_id}").random()
-
-
-def simulated_label(
-    comparison_id: int, a: tuple[str, str | None], b: tuple[str, str | None], noise: float, seed: int
-) -> dict[str, Any]:
-    """The simulated annotator's label of one comparison: the rule's verdict, flipped with prob. `noise`."""
-    choice, strength = simulated_verdict(a[0], a[1], b[0], b[1])
-    flipped = choice in ("A", "B") and flip_draw(seed, comparison_id) < noise
-    if flipped:
-        choice = "B" if choice == "A" else "A"
-    return {"comparison": comparison_id, "choice": choice, "strength": strength, "flipped": flipped}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +462,11 @@ def _round_comparisons(store: Any, number: int) -> list[Any]:
     with store.session() as s:
         q = (
             select(Comparison)
-            .options(joinedload(Comparison.completion_a), joinedload(Comparison.completion_b))
+            .options(
+                joinedload(Comparison.prompt),
+                joinedload(Comparison.completion_a),
+                joinedload(Comparison.completion_b),
+            )
             .where(Comparison.round == number)
             .order_by(Comparison.id)
         )
@@ -628,7 +612,7 @@ def _stage_label(r: _Round) -> dict[str, Any]:
         for c in _round_comparisons(r.store, r.number):
             a = (c.completion_a.text, c.completion_a.finish_reason)
             b = (c.completion_b.text, c.completion_b.finish_reason)
-            lab = simulated_label(c.id, a, b, cfg.noise, cfg.seed)
+            lab = annotators.simulated_label(cfg.rule, c.id, _prompt_str(c.prompt.content), a, b, cfg.noise, cfg.seed)
             r.store.save_label(
                 c.id, annotator_id, lab["choice"], strength=lab["strength"], rationale=f"simulated:{cfg.rule}"
             )
@@ -683,12 +667,57 @@ def _stage_reward(r: _Round) -> dict[str, Any]:
             "output_hash": _files_hash(run / "summary.json", run / "reward_stats.json", run / "model" / "config.json"),
             "eval_accuracy": summary.get("eval_accuracy"),
             "eval_accuracy_before": summary.get("eval_accuracy_before"),
+            **reward_verdict(summary),
         }
 
     def model_there(record: dict[str, Any]) -> bool:
         return (r.stage_dir("reward") / "run" / "model" / "config.json").exists()
 
     return r.run("reward", {"export": r.done["export"]["output_hash"]}, work, model_there)
+
+
+def _accuracy_interval(accuracy: Any, n: int) -> dict[str, Any]:
+    from rlhf.stats import proportion
+
+    if not isinstance(accuracy, (int, float)) or n < 1:
+        return proportion(0, 0)
+    return proportion(min(max(accuracy * n, 0.0), n), n)
+
+
+def reward_verdict(summary: dict[str, Any]) -> dict[str, Any]:
+    """A reward run's held-out numbers with n and 95% intervals, and its `learning` verdict, from its
+    summary.json. A summary written before the reward run recorded them (no `learning`,
+    no `eval_accuracy_interval`) gets them computed here from `eval_accuracy`, `test_pairs` and
+    `eval_accuracy_before`, the way `rlhf.reward` does."""
+    from rlhf.stats import learning_verdict
+
+    n = int(summary.get("test_pairs") or 0)
+    acc, before = summary.get("eval_accuracy"), summary.get("eval_accuracy_before")
+    return {
+        "test_pairs": n,
+        "eval_accuracy_interval": summary.get("eval_accuracy_interval") or _accuracy_interval(acc, n),
+        "eval_accuracy_before_interval": _accuracy_interval(before, n),
+        "learning": summary.get("learning") or learning_verdict(acc, n, before),
+    }
+
+
+def _reward_facts(r: _Round) -> dict[str, Any]:
+    """`reward_verdict` of the round's reward run (its summary.json: a stage.json written before
+    these fields existed lacks them)."""
+    summary_path = r.stage_dir("reward") / "run" / "summary.json"
+    return reward_verdict(read_json(summary_path) if summary_path.exists() else {})
+
+
+def require_learning(learning: dict[str, Any], force: bool) -> None:
+    """Stop before PPO when the reward model did not show learning, unless `force`."""
+    if learning.get("status") == "learned":
+        return
+    if force:
+        log.warning("reward model %s (%s); running PPO anyway (force)", learning.get("status"), learning.get("message"))
+        return
+    raise WorkbenchError(
+        f"{learning.get('message', 'the reward model did not show learning')}; pass --force to run PPO anyway"
+    )
 
 
 def _stage_ppo(r: _Round, policy: str, policy_hash: str, plan: PromptPlan) -> dict[str, Any]:
@@ -724,14 +753,19 @@ def _stage_ppo(r: _Round, policy: str, policy_hash: str, plan: PromptPlan) -> di
 
 
 def _stage_evaluate(r: _Round, policies: dict[str, str], ppo_hashes: list[str], plan: PromptPlan) -> dict[str, Any]:
-    """Greedy responses of the starting model and of each round's policy on the same prompts,
-    scored by this round's reward model and judged by the simulated annotator's rule (no noise):
-    win rate against the start (`base`), ties counting half."""
+    """Responses of the starting model and of each round's policy on the same held-out prompts,
+    scored by this round's reward model and judged by the simulated annotator's rule (no noise),
+    each policy against the start (`base`, the reference), ties counting half. Per policy: the
+    reward model's mean score and win rate, the rule's win rate (`rule_win_rate`: value, n, 95%
+    interval, wins / ties / losses), the rule's mean score of the reference's and the policy's
+    responses (the truth), and the mean length of each with their ratio."""
     from rlhf.generate import GenerationSettings, generate_responses
     from rlhf.models import load_causal_lm
     from rlhf.reward import encode_pair_side, load_reward_model, score_sequences
+    from rlhf.stats import win_rate
 
     cfg = r.config.evaluation
+    rule = annotators.get_rule(r.config.annotator.rule)
 
     prompts = [c for _, c in plan.held_out[: cfg.prompts]]  # never labeled, never trained on
 
@@ -759,21 +793,42 @@ def _stage_evaluate(r: _Round, policies: dict[str, str], ppo_hashes: list[str], 
             label: score_sequences(rm, [side(p, g.text) for p, g in zip(prompts, gens)], rtok.pad_token_id)
             for label, gens in responses.items()
         }
+        texts = [_prompt_str(p) for p in prompts]
+        rule_scores = {
+            label: [rule.score(t, g.text, g.finish_reason) for t, g in zip(texts, gens)]
+            for label, gens in responses.items()
+        }
+
+        def mean(xs: list[float]) -> float:
+            return sum(xs) / len(xs)
+
+        base = responses["base"]
+        base_length = mean([len(g.text) for g in base])
         per_policy: dict[str, Any] = {}
         for label, gens in responses.items():
-            wins_rm = wins_rule = 0.0
-            for i, (g, b) in enumerate(zip(gens, responses["base"])):
-                mine, theirs = scores[label][i], scores["base"][i]
-                wins_rm += 1.0 if mine > theirs else 0.5 if mine == theirs else 0.0
-                verdict, _ = simulated_verdict(g.text, g.finish_reason, b.text, b.finish_reason)
-                wins_rule += {"A": 1.0, "tie": 0.5}.get(verdict, 0.0)
-            n = len(gens)
+            rm_outcomes = [
+                1.0 if mine > theirs else 0.5 if mine == theirs else 0.0
+                for mine, theirs in zip(scores[label], scores["base"])
+            ]
+            rule_outcomes = [
+                annotators.rule_outcome(rule, t, (g.text, g.finish_reason), (b.text, b.finish_reason))
+                for t, g, b in zip(texts, gens, base)
+            ]
+            length = mean([len(g.text) for g in gens])
             per_policy[label] = {
-                "reward_mean": sum(scores[label]) / n,
-                "win_rate_rm": wins_rm / n,
-                "win_rate_rule": wins_rule / n,
-                "eos_rate": sum(g.finish_reason == "eos" for g in gens) / n,
-                "length_chars": sum(len(g.text) for g in gens) / n,
+                "reward_mean": mean(scores[label]),
+                "reward_mean_reference": mean(scores["base"]),
+                "win_rate_rm": mean(rm_outcomes),
+                "rm_win_rate": win_rate(rm_outcomes),
+                "win_rate_rule": mean(rule_outcomes),
+                "rule_win_rate": win_rate(rule_outcomes),
+                "rule": rule.name,
+                "rule_score": mean(rule_scores[label]),
+                "rule_score_reference": mean(rule_scores["base"]),
+                "eos_rate": mean([float(g.finish_reason == "eos") for g in gens]),
+                "length_chars": length,
+                "length_reference": base_length,
+                "length_ratio": length / base_length if base_length else None,
             }
         rows = [
             {"prompt": _prompt_str(p), **{label: responses[label][i].text for label in responses}}
@@ -781,7 +836,14 @@ def _stage_evaluate(r: _Round, policies: dict[str, str], ppo_hashes: list[str], 
         ]
         write_json(
             folder / "evaluation.json",
-            {"policies": policies, "results": per_policy, "scores": scores, "responses": rows},
+            {
+                "policies": policies,
+                "rule": rule.name,
+                "results": per_policy,
+                "scores": scores,
+                "rule_scores": rule_scores,
+                "responses": rows,
+            },
         )
         return {"output_hash": _hash([per_policy, rows]), "results": per_policy}
 
@@ -790,6 +852,7 @@ def _stage_evaluate(r: _Round, policies: dict[str, str], ppo_hashes: list[str], 
         "ppo": _hash(ppo_hashes),
         "policies": _hash(policies),
         "prompts": _hash([i for i, _ in plan.held_out[: cfg.prompts]]),
+        "rule": rule.name,  # the truth it judges by (also re-runs evaluations made before it was an input)
     }
     return r.run("evaluate", inputs, work)
 
@@ -811,11 +874,14 @@ def pipeline_dir(name: str) -> Path:
     return ensure_home() / "pipeline" / name
 
 
-def run_pipeline(config_path: Path, round: int | None = None, progress: Progress | None = None) -> Path:
+def run_pipeline(
+    config_path: Path, round: int | None = None, progress: Progress | None = None, force: bool = False
+) -> Path:
     """Run (or bring up to date) rounds 0..`round` of a pipeline; returns the round's folder.
 
     `progress(round, stage, status)` is called as each stage starts ("running"), is skipped
-    ("skipped": up to date) or finishes ("done"); the CLI prints it."""
+    ("skipped": up to date) or finishes ("done"); the CLI prints it. A round whose reward model did
+    not show learning stops before PPO with a `WorkbenchError`, unless `force` (see the module doc)."""
     from rlhf.store import Store
 
     config = load_pipeline_config(Path(config_path))
@@ -834,14 +900,20 @@ def run_pipeline(config_path: Path, round: int | None = None, progress: Progress
     rounds: list[_Round] = []
     try:
         for number in range(n + 1):
-            rounds.append(_run_round(config, number, root, store, rounds, progress))
+            rounds.append(_run_round(config, number, root, store, rounds, progress, force))
     finally:
         store.engine.dispose()
     return rounds[-1].dir
 
 
 def _run_round(
-    config: PipelineConfig, number: int, root: Path, store: Any, previous: list[_Round], progress: Progress | None
+    config: PipelineConfig,
+    number: int,
+    root: Path,
+    store: Any,
+    previous: list[_Round],
+    progress: Progress | None,
+    force: bool = False,
 ) -> _Round:
     r = _Round(config, number, root, store, progress)
     r.dir.mkdir(parents=True, exist_ok=True)
@@ -858,6 +930,7 @@ def _run_round(
     _stage_label(r)
     _stage_export(r, [p.done["label"]["output_hash"] for p in previous] + [r.done["label"]["output_hash"]])
     _stage_reward(r)
+    require_learning(_reward_facts(r)["learning"], force)
     _stage_ppo(r, policy, policy_hash, plan)
     policies = {"base": config.model}
     for p in [*previous, r]:
@@ -906,29 +979,47 @@ def build_round_report(r: _Round, previous: list[_Round]) -> dict[str, Any]:
     reward_metrics = MetricsLog(reward_run).read()
     ppo_report = read_json(ppo_run / "report.json") if (ppo_run / "report.json").exists() else {}
     evaluation = r.done["evaluate"]["results"]
+    facts = _reward_facts(r)
     rounds = []
     for p in [*previous, r]:
         ppo_eval = p.done["ppo"].get("eval") or {}
-        label = f"round {p.number}"
+        ev = evaluation.get(f"round {p.number}", {})
+        p_facts = facts if p is r else _reward_facts(p)
         rounds.append(
             {
                 "round": p.number,
                 "reward_eval_accuracy": p.done["reward"].get("eval_accuracy"),
+                "reward_eval_accuracy_interval": p_facts["eval_accuracy_interval"],
+                "reward_learning": p_facts["learning"].get("status"),
                 "ppo_reward_gain": ppo_eval.get("reward_gain"),
                 "ppo_kl_to_ref": (ppo_eval.get("policy") or {}).get("kl_to_ref"),
-                "reward_mean": evaluation.get(label, {}).get("reward_mean"),
-                "win_rate_vs_base_rm": evaluation.get(label, {}).get("win_rate_rm"),
-                "win_rate_vs_base_rule": evaluation.get(label, {}).get("win_rate_rule"),
+                "reward_mean": ev.get("reward_mean"),
+                "reward_mean_base": ev.get("reward_mean_reference"),
+                "rule_score": ev.get("rule_score"),
+                "rule_score_base": ev.get("rule_score_reference"),
+                "win_rate_vs_base_rm": ev.get("win_rate_rm"),
+                "win_rate_vs_base_rm_interval": ev.get("rm_win_rate"),
+                "win_rate_vs_base_rule": ev.get("win_rate_rule"),
+                "win_rate_vs_base_rule_interval": ev.get("rule_win_rate"),
+                "length_ratio": ev.get("length_ratio"),
             }
         )
     n_samples = r.config.evaluation.samples
+    rule = annotators.get_rule(r.config.annotator.rule)
+    samples = [dict(x) for x in (ppo_report.get("pairs") or [])[:n_samples]]
+    if rule.kind != "length":  # a sample's finish reason is not recorded: the length rule needs it
+        for x in samples:
+            text = _prompt_str(x.get("prompt", ""))
+            x["rule_reference"] = rule.score(text, x.get("reference") or "")
+            x["rule_policy"] = rule.score(text, x.get("policy") or "")
     return {
         "pipeline": r.config.name,
         "config_file": str(r.config.path),
         "round": r.number,
         "annotator": {
             "name": r.config.annotator.name,
-            "rule": r.config.annotator.rule,
+            "rule": rule.name,
+            "rule_summary": rule.summary,
             "noise": r.config.annotator.noise,
             **{k: r.done["label"][k] for k in ("labels", "choices", "flipped")},
         },
@@ -947,6 +1038,8 @@ def build_round_report(r: _Round, previous: list[_Round]) -> dict[str, Any]:
         "reward_model": {
             "eval_accuracy": r.done["reward"].get("eval_accuracy"),
             "eval_accuracy_before": r.done["reward"].get("eval_accuracy_before"),
+            **facts,  # test_pairs, eval_accuracy_interval, eval_accuracy_before_interval, learning
+            "forced": facts["learning"].get("status") != "learned",  # PPO ran on it: only with force
             "curve": {
                 k: [(float(m["step"]), float(m[k])) for m in reward_metrics if isinstance(m.get(k), (int, float))]
                 for k in ("accuracy", "eval_accuracy")
@@ -956,7 +1049,7 @@ def build_round_report(r: _Round, previous: list[_Round]) -> dict[str, Any]:
             "curves": _ppo_series(ppo_run),
             "eval": r.done["ppo"].get("eval"),
             "seconds_per_step": r.done["ppo"].get("seconds_per_step"),
-            "samples": (ppo_report.get("pairs") or [])[:n_samples],
+            "samples": samples,
         },
         "evaluation": evaluation,
         "rounds": rounds,
@@ -1089,8 +1182,49 @@ def _prompts_line(p: dict[str, Any] | None) -> str:
     )
 
 
+def _arrow(before: Any, after: Any) -> str:
+    """'before -> after' of two numbers ('-' for a missing one)."""
+    return f"{_fmt(before)} → {_fmt(after)}"
+
+
+def _reward_up_truth_down(ev: dict[str, Any]) -> bool:
+    """The reward model scores the policy above the reference while the rule scores it below."""
+    keys = ("reward_mean", "reward_mean_reference", "rule_score", "rule_score_reference")
+    if not all(isinstance(ev.get(k), (int, float)) for k in keys):
+        return False
+    return ev["reward_mean"] > ev["reward_mean_reference"] and ev["rule_score"] < ev["rule_score_reference"]
+
+
+def _truth_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per policy: the reward model's opinion beside the rule's (the truth), against the start."""
+    from rlhf.stats import fmt_proportion
+
+    rows = []
+    for label, ev in evaluation.items():
+        if label == "base":
+            continue
+        wr = ev.get("rule_win_rate") or {}
+        rows.append(
+            {
+                "policy": label,
+                "reward model score (start → policy)": _arrow(ev.get("reward_mean_reference"), ev.get("reward_mean")),
+                "win rate vs start, reward model": fmt_proportion(ev.get("rm_win_rate")),
+                "rule score (start → policy)": _arrow(ev.get("rule_score_reference"), ev.get("rule_score")),
+                "win rate vs start, rule": fmt_proportion(ev.get("rule_win_rate")),
+                "rule wins / ties / losses": f"{wr.get('wins', '-')} / {wr.get('ties', '-')} / {wr.get('losses', '-')}",
+                "length, chars (start → policy)": _arrow(ev.get("length_reference"), ev.get("length_chars")),
+                "length ratio": ev.get("length_ratio"),
+                "ended by itself": ev.get("eos_rate"),
+                "verdict": "REWARD UP, TRUTH DOWN" if _reward_up_truth_down(ev) else "",
+            }
+        )
+    return rows
+
+
 def render_report_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     """One self-contained page: no external file, script or font."""
+    from rlhf.stats import fmt_proportion
+
     esc = html.escape
 
     def table(rows: list[dict[str, Any]]) -> str:
@@ -1101,30 +1235,76 @@ def render_report_html(report: dict[str, Any], plots: dict[str, str]) -> str:
         body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(row.get(c)))}</td>" for c in cols) + "</tr>" for row in rows)
         return f"<table><tr>{head}</tr>{body}</table>"
 
+    def banner(text: str, bad: bool) -> str:
+        cls, role = ("banner bad", ' role="alert"') if bad else ("banner ok", "")
+        return f'<div class="{cls}"{role}>{text}</div>'
+
     a = report["annotator"]
     stages = [{"stage": s, **v} for s, v in report["stages"].items()]
-    samples = [
-        {
+    samples = []
+    for x in report["ppo"]["samples"]:
+        row = {
             "prompt": x["prompt"],
             "before (reference)": x["reference"],
             "after (policy)": x["policy"],
             "reward before": x["reward_reference"],
             "reward after": x["reward_policy"],
         }
-        for x in report["ppo"]["samples"]
-    ]
+        if "rule_reference" in x:
+            row["rule before"], row["rule after"] = x["rule_reference"], x.get("rule_policy")
+        samples.append(row)
     rm = report["reward_model"]
+    learning = rm.get("learning") or {}
+    status = learning.get("status", "unknown")
+    if status == "learned":
+        rm_banner = banner(f"<b>Reward model learned</b>: {esc(learning.get('message', ''))}.", bad=False)
+    else:
+        rm_banner = banner(
+            f"<b>REWARD MODEL: {esc(status.upper().replace('_', ' '))}</b>: {esc(learning.get('message', ''))}. "
+            "PPO ran on it anyway (forced): its reward gains below optimise a model that showed no learning.",
+            bad=True,
+        )
+    evaluation = report.get("evaluation") or {}
+    hacked = [label for label, ev in evaluation.items() if label != "base" and _reward_up_truth_down(ev)]
+    truth_banner = ""
+    if hacked:
+        truth_banner = banner(
+            f"<b>REWARD UP, TRUTH DOWN</b> for {esc(', '.join(hacked))}: the reward model scores the policy above "
+            f"the starting model while the rule <code>{esc(a['rule'])}</code> scores it below (reward hacking, or "
+            "a reward model that learned something other than the rule).",
+            bad=True,
+        )
+    rounds = [
+        {
+            "round": x["round"],
+            "reward model held-out accuracy": fmt_proportion(x.get("reward_eval_accuracy_interval")),
+            "reward model learned": x.get("reward_learning"),
+            "PPO reward gain": x.get("ppo_reward_gain"),
+            "PPO KL to ref": x.get("ppo_kl_to_ref"),
+            "reward model score (start → policy)": _arrow(x.get("reward_mean_base"), x.get("reward_mean")),
+            "rule score (start → policy)": _arrow(x.get("rule_score_base"), x.get("rule_score")),
+            "win rate vs start, reward model": fmt_proportion(x.get("win_rate_vs_base_rm_interval")),
+            "win rate vs start, rule": fmt_proportion(x.get("win_rate_vs_base_rule_interval")),
+        }
+        for x in report["rounds"]
+    ]
     body = f"""
 <h1>RLHF pipeline <code>{esc(report["pipeline"])}</code>, round {report["round"]}</h1>
+{rm_banner}{truth_banner}
 <p>Config: <code>{esc(report["config_file"])}</code>. Labels by the <b>simulated annotator</b>
-<code>{esc(a["name"])}</code> (rule <code>{esc(a["rule"])}</code>, noise {a["noise"]}): {a["labels"]} labels
-{esc(json.dumps(a["choices"]))}, {a["flipped"]} flipped by noise.</p>
+<code>{esc(a["name"])}</code> (rule <code>{esc(a["rule"])}</code>: {esc(a.get("rule_summary", ""))}; noise
+{a["noise"]}): {a["labels"]} labels {esc(json.dumps(a["choices"]))}, {a["flipped"]} flipped by noise.</p>
 {_prompts_line(report.get("prompts"))}
-<h2>Rounds compared</h2>{table(report["rounds"])}
+<h2>Rounds compared</h2>
+<p>Each round's policy against the starting model on the held-out prompts: the reward model's opinion
+beside the truth (the rule the simulated annotator labels by). Proportions: value [95% Wilson interval]
+(n).</p>
+{table(rounds)}
 <div class="plots">{plots["rounds"]}</div>
-<h2>Reward model</h2><p>Held-out accuracy {_fmt(rm["eval_accuracy"])}
-(untrained head: {_fmt(rm["eval_accuracy_before"])}).
-Export: {esc(json.dumps(report["export"]))}</p>
+<h2>Truth vs reward model</h2>{table(_truth_rows(evaluation))}
+<h2>Reward model</h2><p>Held-out accuracy {esc(fmt_proportion(rm.get("eval_accuracy_interval")))}
+(untrained head on the same pairs: {esc(fmt_proportion(rm.get("eval_accuracy_before_interval")))}).
+Verdict: <b>{esc(status)}</b>. Export: {esc(json.dumps(report["export"]))}</p>
 <div class="plots">{plots["reward_model"]}</div>
 <h2>PPO</h2><p>Median seconds per step: {_fmt(report["ppo"]["seconds_per_step"])}.</p>
 <div class="plots">{plots["reward"]}{plots["kl"]}</div>
@@ -1135,6 +1315,8 @@ Export: {esc(json.dumps(report["export"]))}</p>
         "body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
         "vertical-align:top;max-width:320px;white-space:pre-wrap}.plots svg{margin:4px;border:1px solid #eee}"
+        ".banner{padding:10px 14px;margin:10px 0;border-radius:4px;font-size:15px}"
+        ".banner.bad{background:#c62828;color:#fff}.banner.ok{background:#e8f5e9;border:1px solid #66bb6a}"
     )
     title = f"RLHF round {report['round']}"
     return (
@@ -1219,7 +1401,9 @@ def _previous_policy(root: Path, number: int, config: PipelineConfig) -> tuple[s
     return config.model, _hash(config.model)
 
 
-def run_store_round(config_path: Path, store: Any | None = None, progress: Progress | None = None) -> Path:
+def run_store_round(
+    config_path: Path, store: Any | None = None, progress: Progress | None = None, force: bool = False
+) -> Path:
     """Close the labeling round of the data home's store (what annotators label in the app) and open
     the next: export every label so far, train the reward model, run PPO from the previous round's
     policy (round 0: `generation.model`), then give the pool's next `generation.limit` prompts
@@ -1230,7 +1414,9 @@ def run_store_round(config_path: Path, store: Any | None = None, progress: Progr
     used: the prompts and labels are the store's). Writes `<RLHF_HOME>/rounds/round-<N>/` with
     `4-export/ 5-reward/run 6-ppo/run 2-generate/` (the next round's candidates) and `round.json`.
     Stages are skipped when their inputs are unchanged, so a click after new labels re-trains and a
-    click after a crash resumes at the stage that did not finish. Nothing already stored is deleted."""
+    click after a crash resumes at the stage that did not finish. Nothing already stored is deleted.
+    A reward model that did not show learning stops the round before PPO (a `WorkbenchError`: the
+    verdict's message plus "; pass --force to run PPO anyway"), unless `force`."""
     from rlhf.store import Store
 
     config = load_pipeline_config(Path(config_path))
@@ -1246,6 +1432,8 @@ def run_store_round(config_path: Path, store: Any | None = None, progress: Progr
     policy, policy_hash = _previous_policy(root, number, config)
     _stage_export(r, [_all_labels_hash(store)])
     _stage_reward(r)
+    facts = _reward_facts(r)
+    require_learning(facts["learning"], force)
     plan = _prompt_plan(r)
     _stage_ppo(r, policy, policy_hash, plan)
     # Round N+1's candidates from round N's tuned policy, into the annotators' queues.
@@ -1261,6 +1449,9 @@ def run_store_round(config_path: Path, store: Any | None = None, progress: Progr
             "export": r.done["export"].get("counts"),
             "reward_eval_accuracy": r.done["reward"].get("eval_accuracy"),
             "reward_eval_accuracy_before": r.done["reward"].get("eval_accuracy_before"),
+            "reward_eval_accuracy_interval": facts["eval_accuracy_interval"],
+            "reward_learning": facts["learning"],
+            "forced": force and facts["learning"].get("status") != "learned",
             "reward_run": str(r.stage_dir("reward") / "run"),
             "policy_start": policy,
             "policy": ppo["policy"],

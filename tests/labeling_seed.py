@@ -85,16 +85,21 @@ def texts(at: Any) -> str:
     return "\n".join(parts)
 
 
-def label_round(store: Store, number: int, annotator: str) -> int:
-    """Label every comparison of round `number` as a person following the simulated rule would."""
-    from rlhf.pipeline import _round_comparisons, simulated_verdict
+def label_round(store: Store, number: int, annotator: str, rule: str = "complete_then_longer") -> int:
+    """Label every comparison of round `number` as a person following a simulated rule
+    (rlhf/annotators.py) would, without noise. The default is the length rule: the tiny random
+    model's text holds no lists, so a content rule would call every pair a tie."""
+    from rlhf.annotators import get_rule
+    from rlhf.pipeline import _prompt_str, _round_comparisons
 
     ann = next((a for a in store.list_annotators() if a.name == annotator), None)
     ann = ann or store.add_annotator(annotator)[0]
     comps = _round_comparisons(store, number)
     for c in comps:
-        choice, strength = simulated_verdict(
-            c.completion_a.text, c.completion_a.finish_reason, c.completion_b.text, c.completion_b.finish_reason
+        choice, strength = get_rule(rule).verdict(
+            _prompt_str(c.prompt.content),
+            (c.completion_a.text, c.completion_a.finish_reason),
+            (c.completion_b.text, c.completion_b.finish_reason),
         )
         store.save_label(c.id, ann.id, choice, strength=strength if choice in ("A", "B") else None)
     return len(comps)

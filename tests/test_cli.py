@@ -195,8 +195,13 @@ def test_pipeline_check_and_quick_run(home, tmp_path, capsys):
     code, _, err = run(capsys, "pipeline", "run", str(bad))
     assert code == 2 and "temperatur" in err and "lora_r" in err
     assert not (home / "pipeline").exists()  # nothing ran
-    code, out, err = run(capsys, "pipeline", "run", str(configs / "quick.yaml"))
-    assert code == 0, err
-    assert Path(out.split("report: ")[1].split()[0]).exists()
+    # The tiny model's reward model cannot show learning: the round stops before PPO, unless --force.
     code, _, err = run(capsys, "pipeline", "run", str(configs / "quick.yaml"))
+    assert code == 2 and "too small to tell" in err and "pass --force to run PPO anyway" in err
+    assert "ppo: running" not in err
+    code, out, err = run(capsys, "pipeline", "run", str(configs / "quick.yaml"), "--force")
+    assert code == 0, err
+    assert "reward: skipped" in err and "ppo: done" in err  # the stopped run's stages are reused
+    assert Path(out.split("report: ")[1].split()[0]).exists() and "reward model: too_small" in out
+    code, _, err = run(capsys, "pipeline", "run", str(configs / "quick.yaml"), "--force")
     assert code == 0 and "running" not in err and "skipped" in err  # second run: nothing to do

@@ -1,6 +1,10 @@
 """The pipeline (rlhf/pipeline.py): the quick round end to end on the tiny model, skip-if-done,
-re-running only what a config change touches, round chaining, up-front validation, and the
-simulated annotator's rule and noise."""
+re-running only what a config change touches, round chaining, up-front validation, the simulated
+annotator's labels (its rules: tests/test_annotators.py), the stop before PPO when the reward model
+learned nothing, and the report's intervals, verdict banner and truth-beside-reward columns.
+
+quick.yaml's tiny random model learns nothing by design (7 held-out pairs): the runs that need PPO
+pass force=True."""
 
 from __future__ import annotations
 
@@ -27,14 +31,18 @@ def write_config(path: Path, **changes: dict) -> Path:
     return path
 
 
-def run(config: Path, round: int | None = None) -> tuple[Path, dict[int, dict[str, str]], float]:
-    """run_pipeline, recording each round's stage statuses ({round: {stage: last status}})."""
+def run(config: Path, round: int | None = None, force: bool = True) -> tuple[Path, dict[int, dict[str, str]], float]:
+    """run_pipeline (forced past the reward model's verdict unless told otherwise), recording each
+    round's stage statuses ({round: {stage: last status}})."""
     from rlhf.pipeline import run_pipeline
 
     statuses: dict[int, dict[str, str]] = {}
     start = time.perf_counter()
     out = run_pipeline(
-        config, round=round, progress=lambda n, stage, status: statuses.setdefault(n, {}).__setitem__(stage, status)
+        config,
+        round=round,
+        progress=lambda n, stage, status: statuses.setdefault(n, {}).__setitem__(stage, status),
+        force=force,
     )
     return out, statuses, time.perf_counter() - start
 
@@ -85,17 +93,104 @@ def test_quick_round_runs_end_to_end(quick) -> None:
     assert report["ppo"]["samples"] and {"reference", "policy"} <= set(report["ppo"]["samples"][0])
 
 
-def test_labels_follow_the_simulated_annotator(quick) -> None:
-    from rlhf.pipeline import simulated_label
+def test_report_shows_intervals_the_verdict_and_the_truth(quick) -> None:
+    """quick.yaml: 24 pairs, test_fraction 0.25 -> a handful of held-out pairs: `too_small`, shown
+    in a red banner (PPO ran because the fixture forced it); n and intervals on every proportion."""
+    from rlhf.stats import fmt_proportion
 
     _, _, out, _, _ = quick
+    report = json.loads((out / "report.json").read_text())
+    rm = report["reward_model"]
+    n = rm["test_pairs"]
+    assert 0 < n < 30 and rm["learning"]["status"] == "too_small" and rm["forced"] is True
+    assert rm["eval_accuracy_interval"]["n"] == n and rm["eval_accuracy_interval"]["value"] == rm["eval_accuracy"]
+    assert rm["eval_accuracy_before_interval"]["n"] == n
+    reward_record = json.loads((out / "5-reward" / "stage.json").read_text())
+    assert reward_record["learning"] == rm["learning"] and reward_record["test_pairs"] == n
+    # The evaluation: each policy against the start by the rule and by the reward model.
+    ev = report["evaluation"]
+    base, policy = ev["base"], ev["round 0"]
+    assert base["rule_win_rate"] == {"value": 0.5, "n": 8, **_wilson(4, 8), "wins": 0, "ties": 8, "losses": 0}
+    assert base["win_rate_rm"] == 0.5 and base["rm_win_rate"]["ties"] == 8
+    w = policy["rule_win_rate"]
+    assert w["n"] == 8 and w["wins"] + w["ties"] + w["losses"] == 8 and w["value"] == policy["win_rate_rule"]
+    assert (w["wins"] + w["ties"] / 2) / 8 == w["value"]
+    assert policy["rule"] == "complete_then_longer" and policy["rule_score_reference"] == base["rule_score"]
+    assert policy["reward_mean_reference"] == base["reward_mean"]
+    assert policy["length_reference"] == base["length_chars"]
+    assert policy["length_ratio"] == pytest.approx(policy["length_chars"] / base["length_chars"])
+    [row] = report["rounds"]
+    assert row["win_rate_vs_base_rule_interval"] == w and row["reward_learning"] == "too_small"
+    assert row["rule_score"] == policy["rule_score"] and row["rule_score_base"] == base["rule_score"]
+    page = (out / "report.html").read_text()
+    assert '<div class="banner bad" role="alert"><b>REWARD MODEL: TOO SMALL</b>' in page
+    assert "PPO ran on it anyway (forced)" in page
+    assert fmt_proportion(rm["eval_accuracy_interval"]) in page
+    assert fmt_proportion(w) in page and "Truth vs reward model" in page
+    assert "rule score (start → policy)" in page and "win rate vs start, rule" in page
+
+
+def _wilson(k: float, n: int) -> dict[str, float]:
+    from rlhf.stats import wilson_interval
+
+    low, high = wilson_interval(k, n)
+    return {"low": low, "high": high}
+
+
+def test_labels_follow_the_simulated_annotator(quick) -> None:
+    from rlhf.annotators import simulated_label
+    from rlhf.store import Store
+
+    home, _, out, _, _ = quick
     candidates = [json.loads(x) for x in (out / "2-generate" / "candidates.jsonl").read_text().splitlines()]
     labels = [json.loads(x) for x in (out / "3-label" / "labels.jsonl").read_text().splitlines()]
     assert len(labels) == len(candidates) == 24  # 24 prompts x 1 pair (K = 2)
+    store = Store(f"sqlite:///{home / 'pipeline' / 'quick' / 'store.db'}")
+    texts = {p["id"]: p["content"] for p in _prompts(store)}
     for c, lab in zip(candidates, labels):
-        assert lab == simulated_label(c["comparison"], (c["a"], c["finish_a"]), (c["b"], c["finish_b"]), 0.1, 0)
+        a, b = (c["a"], c["finish_a"]), (c["b"], c["finish_b"])
+        expected = simulated_label("complete_then_longer", c["comparison"], texts[c["prompt_id"]], a, b, 0.1, 0)
+        assert lab == expected
     record = json.loads((out / "3-label" / "stage.json").read_text())
     assert record["flipped"] == sum(x["flipped"] for x in labels)
+    rationales = {x.rationale for x in _labels(store)}
+    store.engine.dispose()
+    assert rationales == {"simulated:complete_then_longer"}
+
+
+def _prompts(store) -> list[dict]:
+    from sqlalchemy import select
+
+    from rlhf.schema import Prompt
+
+    with store.session() as s:
+        return [{"id": p.id, "content": p.content} for p in s.scalars(select(Prompt))]
+
+
+def _labels(store) -> list:
+    from sqlalchemy import select
+
+    from rlhf.schema import Label
+
+    with store.session() as s:
+        return list(s.scalars(select(Label)))
+
+
+def test_without_force_the_round_stops_before_ppo(quick) -> None:
+    """A fresh pipeline (another name, same home) of the quick config: the reward model's verdict
+    stops it after the reward stage, with the verdict's message; nothing of PPO is written."""
+    from rlhf.errors import WorkbenchError
+
+    home, _, _, _, _ = quick
+    config = write_config(home / "quick-stop.yaml", name="quick-stop")
+    with pytest.raises(WorkbenchError) as e:
+        run(config, force=False)
+    out = home / "pipeline" / "quick-stop" / "round-0"
+    learning = json.loads((out / "5-reward" / "stage.json").read_text())["learning"]
+    assert learning["status"] == "too_small"
+    assert str(e.value) == learning["message"] + "; pass --force to run PPO anyway"
+    assert sorted(p.name for p in out.iterdir()) == [f"{i}-{s}" for i, s in enumerate(BEFORE_PPO, 1)]
+    assert not (out / "report.html").exists()
 
 
 def test_second_run_skips_every_stage(quick) -> None:
@@ -195,38 +290,96 @@ def test_shipped_configs_load(home: Path, name: str) -> None:
     assert text.startswith("#") and f"rlhf pipeline run pipelines/configs/{name}" in text.split("\n\n")[0]
     config = load_pipeline_config(CONFIGS / name)
     assert config.annotator.name.startswith("simulated") and config.prompts == "demo"
+    # The SmolLM2 rounds label by a content rule; the tiny random model writes no lists: the length rule.
+    rule = "complete_then_longer" if name == "quick.yaml" else "uses_list"
+    assert (config.annotator.rule, config.annotator.noise) == (rule, 0.1)
 
 
-def test_simulated_verdict_rule() -> None:
-    from rlhf.pipeline import simulated_verdict
+def test_annotator_config_uses_the_annotators_rules() -> None:
+    from rlhf import annotators
+    from rlhf.pipeline import AnnotatorConfig
 
-    # 1) ended by itself beats cut off, whatever the lengths: strength 2.
-    assert simulated_verdict("short", "eos", "a much longer answer", "length") == ("A", 2)
-    assert simulated_verdict("a much longer answer", "length", "short", "eos") == ("B", 2)
-    # 2) both cut off (or both ended): the longer stripped text wins, strength 1.
-    assert simulated_verdict("abc", "length", "abcdef", "length") == ("B", 1)
-    assert simulated_verdict("abcdef", "eos", "abc", "eos") == ("A", 1)
-    # 3) "  ab " strips to 2 characters, like "xy": a tie (no strength).
-    assert simulated_verdict("  ab ", "eos", "xy", "eos") == ("tie", None)
+    assert AnnotatorConfig().rule == annotators.DEFAULT_RULE == "uses_list"
+    for name in annotators.RULES:
+        assert AnnotatorConfig(rule=name).problems() == []
+    [problem] = AnnotatorConfig(rule="shorter").problems()
+    assert problem == (
+        "`rule` must be one of uses_list, addresses_reader, gives_numbers, complete_then_longer, got 'shorter'"
+    )
 
 
-def test_simulated_noise_flips_with_the_seeded_draw() -> None:
-    from rlhf.pipeline import flip_draw, simulated_label
+def test_reward_verdict_of_a_summary_written_before_the_verdict() -> None:
+    """An older summary.json (no `learning`, no interval) gets both computed the way rlhf.reward does;
+    a newer one's are taken as written."""
+    from rlhf.pipeline import reward_verdict
+    from rlhf.stats import learning_verdict, proportion
 
-    # random.Random("0:<id>").random(): id 1 -> 0.1894, 2 -> 0.4752, 3 -> 0.3220, 4 -> 0.6719.
-    assert [round(flip_draw(0, i), 4) for i in (1, 2, 3, 4)] == [0.1894, 0.4752, 0.322, 0.6719]
-    longer_b = (("abc", "length"), ("abcdef", "length"))  # the rule says B
-    # noise 0.3: draws below 0.3 flip -> id 1 (0.189) flips to A; ids 2 (0.475), 3 (0.322), 4 (0.672) stay B.
-    assert [simulated_label(i, *longer_b, noise=0.3, seed=0)["choice"] for i in (1, 2, 3, 4)] == ["A", "B", "B", "B"]
-    # noise 0.5: ids 1, 2, 3 flip; 4 stays.
-    assert [simulated_label(i, *longer_b, noise=0.5, seed=0)["choice"] for i in (1, 2, 3, 4)] == ["A", "A", "A", "B"]
-    assert all(simulated_label(i, *longer_b, noise=0.0, seed=0)["choice"] == "B" for i in range(1, 50))
-    assert all(simulated_label(i, *longer_b, noise=1.0, seed=0)["choice"] == "A" for i in range(1, 50))
-    # Another seed, other draws: seed 7 gives id 1 -> 0.989 (no flip at 0.5), id 2 -> 0.251 (flip).
-    assert [simulated_label(i, *longer_b, noise=0.5, seed=7)["choice"] for i in (1, 2)] == ["B", "A"]
-    # A tie has no side to flip.
-    tie = simulated_label(1, ("ab", "eos"), ("xy", "eos"), noise=1.0, seed=0)
-    assert tie == {"comparison": 1, "choice": "tie", "strength": None, "flipped": False}
+    old = {"eval_accuracy": 0.8, "eval_accuracy_before": 0.5, "test_pairs": 100}
+    v = reward_verdict(old)
+    assert v["test_pairs"] == 100 and v["learning"] == learning_verdict(0.8, 100, 0.5)
+    assert v["learning"]["status"] == "learned"
+    assert v["eval_accuracy_interval"] == proportion(80, 100)
+    assert v["eval_accuracy_before_interval"] == proportion(50, 100)
+    new = {**old, "learning": {"status": "learned_nothing", "message": "m"}, "eval_accuracy_interval": {"n": 1}}
+    assert reward_verdict(new)["learning"]["status"] == "learned_nothing"
+    assert reward_verdict(new)["eval_accuracy_interval"] == {"n": 1}
+    empty = reward_verdict({})
+    assert empty["learning"]["status"] == "too_small" and empty["eval_accuracy_interval"]["value"] is None
+
+
+def test_require_learning() -> None:
+    from rlhf.errors import WorkbenchError
+    from rlhf.pipeline import require_learning
+
+    require_learning({"status": "learned", "message": "fine"}, force=False)
+    nothing = {"status": "learned_nothing", "message": "the reward model LEARNED NOTHING measurable: ..."}
+    with pytest.raises(WorkbenchError) as e:
+        require_learning(nothing, force=False)
+    assert str(e.value) == "the reward model LEARNED NOTHING measurable: ...; pass --force to run PPO anyway"
+    require_learning(nothing, force=True)  # forced: no error
+    with pytest.raises(WorkbenchError, match="too few; pass --force"):
+        require_learning({"status": "too_small", "message": "too few"}, force=False)
+
+
+def _report(learning: dict, evaluation: dict) -> dict:
+    """A minimal round report for render_report_html."""
+    from rlhf.stats import proportion
+
+    return {
+        "pipeline": "p",
+        "config_file": "c.yaml",
+        "round": 0,
+        "annotator": {"name": "simulated", "rule": "uses_list", "noise": 0.1, "labels": 3, "choices": {}, "flipped": 0},
+        "stages": {},
+        "export": {},
+        "reward_model": {
+            "eval_accuracy_interval": proportion(40, 50),
+            "eval_accuracy_before_interval": proportion(25, 50),
+            "learning": learning,
+        },
+        "ppo": {"seconds_per_step": 1.0, "samples": []},
+        "evaluation": evaluation,
+        "rounds": [],
+    }
+
+
+def test_report_html_banners() -> None:
+    from rlhf.pipeline import render_report_html
+    from rlhf.stats import win_rate
+
+    plots = dict.fromkeys(("rounds", "reward_model", "reward", "kl"), "")
+    truth_up = {"reward_mean": 1.0, "reward_mean_reference": 0.0, "rule_score": 0.6, "rule_score_reference": 0.2}
+    truth_down = {**truth_up, "rule_score": 0.1, "rule_win_rate": win_rate([0.0, 0.0, 0.5, 1.0])}
+    learned = {"status": "learned", "message": "held-out accuracy 0.80 [0.67, 0.89] (n=50) is above 0.50"}
+    page = render_report_html(_report(learned, {"base": {}, "round 0": truth_up}), plots)
+    assert 'class="banner bad"' not in page and "<b>Reward model learned</b>" in page
+    assert "0.80 [0.67, 0.89] (n=50)" in page and "0.50 [0.37, 0.63] (n=50)" in page
+    nothing = {"status": "learned_nothing", "message": "the reward model LEARNED NOTHING measurable"}
+    page = render_report_html(_report(nothing, {"base": {}, "round 0": truth_down}), plots)
+    assert '<div class="banner bad" role="alert"><b>REWARD MODEL: LEARNED NOTHING</b>' in page
+    assert "<b>REWARD UP, TRUTH DOWN</b> for round 0" in page
+    assert "0.2 → 0.1" in page and "0.0 → 1.0" not in page and "0 → 1" in page
+    assert "0.38 [0.09, 0.78] (n=4)" in page and "1 / 1 / 2" in page  # rule win rate: W / T / L
 
 
 def test_round_window_hand_computed() -> None:
