@@ -22,6 +22,7 @@ STAGE_TITLES = {
     "ppo": "PPO from the previous policy",
     "generate": "Candidates for the next round",
 }
+STOPPED_BEFORE_PPO = "pass --force to run PPO anyway"  # the end of `rlhf round`'s error when it stops
 _PROGRESS = re.compile(r"^round (\d+) (\w+): (running|skipped|done) \(")
 
 
@@ -90,8 +91,9 @@ def table(rows: list[RoundRow]) -> list[dict[str, Any]]:
     return out
 
 
-def round_command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "rlhf", "round", str(config)]
+def round_command(config: Path, force: bool = False) -> list[str]:
+    """`rlhf round CONFIG`; `force`: run PPO even if the reward model learned nothing (`--force`)."""
+    return [sys.executable, "-m", "rlhf", "round", str(config), *(["--force"] if force else [])]
 
 
 def read_log(path: Path) -> str:

@@ -1,7 +1,9 @@
 """Rounds (admins): the whole RLHF loop from the app. The table shows each labeling round of the store;
 one button closes the newest labeled round and opens the next: every label so far is exported, the
 reward model trains on it, PPO tunes the previous round's policy against it, and the tuned policy
-writes the next round's candidates into the annotators' queues.
+writes the next round's candidates into the annotators' queues. A reward model that learned nothing
+measurable stops the round before PPO, unless "Run PPO even if the reward model learned nothing" is
+ticked (`rlhf round --force`).
 
 Below, the reports of headless pipeline rounds (`rlhf pipeline run`, `make pipeline`), the same
 self-contained HTML page the pipeline writes.
@@ -91,12 +93,14 @@ def start_round() -> None:
         ss["round_problems"] = problems
         return
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(rd.REPO), os.environ.get("PYTHONPATH")) if p)}
+    force = bool(ss.get("round_force"))
     try:
         job = start_job(
             "round",
-            rd.round_command(config),
-            f"close round {target} with {config.name}, then generate round {target + 1}",
-            meta={"round": target, "config": str(config)},
+            rd.round_command(config, force=force),
+            f"close round {target} with {config.name}, then generate round {target + 1}"
+            + (" (PPO even if the reward model learned nothing)" if force else ""),
+            meta={"round": target, "config": str(config), "force": force},
             env=env,
         )
     except WorkbenchError as e:
@@ -136,6 +140,13 @@ with st.container(border=True):
     if ss["round_config"]:
         with st.expander(f"Show {Path(ss['round_config']).name}"):
             st.code(Path(ss["round_config"]).read_text(encoding="utf-8"), language="yaml")
+    st.checkbox(
+        "Run PPO even if the reward model learned nothing",
+        key="round_force",
+        help="Without it, the round stops after the reward model when its held-out accuracy is not above chance "
+        "and the untrained model's by more than noise (or too few held-out pairs to tell): PPO would only "
+        "optimise noise. The job's log then says why",
+    )
     st.button(
         f"Close round {target} and start round {target + 1}" if target is not None else "Close round",
         type="primary",
@@ -152,7 +163,8 @@ with st.container(border=True):
 
 # -- 3) the round jobs -----------------------------------------------------------------------------
 def show_job(job) -> None:
-    stages = rd.stage_progress(rd.read_log(job.log_path))
+    log = rd.read_log(job.log_path)
+    stages = rd.stage_progress(log)
     with st.container(border=True):
         head, button = st.columns([5, 1], vertical_alignment="center")
         head.markdown(f"**{job.status}** · job `{job.id}` · {job.description}")
@@ -175,6 +187,12 @@ def show_job(job) -> None:
             col.markdown(f"{STAGE_ICONS.get(status, ':material/schedule:')} {rd.STAGE_TITLES[stage]}  \n*{status}*")
         if job.status == "finished":
             st.success("Finished: the next round's candidates are in the annotators' queues.")
+        elif job.status == "failed" and rd.STOPPED_BEFORE_PPO in log:
+            st.error(
+                "Stopped before PPO: the reward model learned nothing measurable (the log below says why). "
+                "Label more pairs, or tick *Run PPO even if the reward model learned nothing* and close the "
+                "round again."
+            )
         elif job.status == "failed":
             st.error(f"Failed with exit code {job.returncode}. The end of its log is below.")
         elif job.status == "stopped":

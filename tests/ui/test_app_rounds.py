@@ -34,6 +34,11 @@ def test_stage_progress_reads_the_latest_status_per_stage():
     assert rd.stage_progress("") == {}
 
 
+def test_round_command_passes_force_only_when_asked():
+    assert rd.round_command(QUICK)[-3:] == ["rlhf", "round", str(QUICK)]
+    assert rd.round_command(QUICK, force=True)[-4:] == ["rlhf", "round", str(QUICK), "--force"]
+
+
 def test_pipeline_configs_are_the_shipped_pipeline_yamls():
     assert [p.name for p in rd.pipeline_configs()] == ["quick.yaml", "round.yaml", "round_gpu.yaml"]
 
@@ -74,6 +79,26 @@ def test_nothing_labeled_disables_the_button(open_app, store):
     assert not at.exception
     assert any(m.value == "**Close a round**: nothing is labeled yet." for m in at.markdown)
     assert at.button(key="round_start").disabled
+    force = at.checkbox(key="round_force")
+    assert force.label == "Run PPO even if the reward model learned nothing" and not force.value
+
+
+def test_a_round_stopped_before_ppo_says_why_and_how_to_force(open_app, home, store):
+    """A round job that ended with `rlhf round`'s stop-before-PPO error: the page says so, the log shows it."""
+    import sys
+
+    from labeling_seed import seed_labeling
+
+    message = "error: held-out split too small to tell: 7 pairs (need >= 30); pass --force to run PPO anyway"
+    script = f"import sys; print({message!r}, file=sys.stderr); sys.exit(2)"
+    job = pj.start_job("round", [sys.executable, "-c", script], "close round 0 with quick.yaml")
+    _wait(lambda: pj.load_job(job.record_path).status == "failed")
+    seeded = seed_labeling(store, n_prompts=2, n_annotators=1)
+    at = open_app(seeded.admin_token)
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert any(e.value.startswith("Stopped before PPO: the reward model learned nothing") for e in at.error)
+    assert any(message in c.value for c in at.code)
 
 
 @pytest.mark.slow
@@ -90,11 +115,12 @@ def test_one_button_closes_round_zero_and_opens_round_one(open_app, home, store,
     button = at.button(key="round_start")
     assert button.label == "Close round 0 and start round 1" and not button.disabled
     at.selectbox(key="round_config").set_value(str(QUICK))
+    at.checkbox(key="round_force").check()  # the tiny model's reward model cannot show learning
     button.click().run()
     assert not at.exception and not at.error
     assert at.success[0].value.startswith("Started job ")
     [job] = pj.list_jobs(home / "jobs", kind="round")[0]
-    assert job.command[-3:] == ["rlhf", "round", str(QUICK)]
+    assert job.command[-4:] == ["rlhf", "round", str(QUICK), "--force"]
     assert at.button(key="round_start").disabled  # one round job at a time
     _wait(lambda: pj.load_job(job.record_path).status != "running", timeout=600)
     job = pj.load_job(job.record_path)
