@@ -299,10 +299,20 @@ def train_reward_cmd(
         None, "--config", help="YAML: our options + a `trl:` section of RewardConfig fields."
     ),
     max_steps: int | None = typer.Option(None, help="Stop after this many optimizer steps."),
-    lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters + score head, or full fine-tune."),
+    lora: bool | None = typer.Option(
+        None, "--lora/--full", help="Fine-tune through TRL's RewardTrainer: LoRA adapters + score head, or all weights."
+    ),
+    frozen: bool | None = typer.Option(
+        None,
+        "--frozen/--finetune",
+        help="Frozen backbone + trained score head (the default: fast, learns from a few hundred labels), "
+        "or fine-tune through TRL's RewardTrainer.",
+    ),
     sets: list[str] | None = typer.Option(None, "--set", help="Override any option or RewardConfig field: KEY=VALUE."),
 ) -> None:
-    """Train a reward model with TRL's RewardTrainer; writes runs/reward/<id>/ and prints a summary."""
+    """Train a reward model (frozen backbone + head by default; TRL's RewardTrainer with --finetune or
+    --lora/--full); writes runs/reward/<id>/ and prints a summary with the held-out accuracy, its
+    95% interval and whether the model learned."""
     from rlhf.configs import build_options, parse_sets, read_yaml
     from rlhf.reward import RewardOptions, reward_config_fields, train_reward
     from rlhf.runs import is_main_process, read_json
@@ -312,6 +322,9 @@ def train_reward_cmd(
         overrides["model"] = model
     if lora is not None:
         overrides["lora"] = lora
+        overrides.setdefault("freeze_backbone", False)
+    if frozen is not None:
+        overrides["freeze_backbone"] = frozen
     options, trl = build_options(
         RewardOptions, read_yaml(config) if config else {}, overrides, reward_config_fields(), "reward config"
     )
@@ -328,12 +341,29 @@ def train_reward_cmd(
     if not is_main_process():
         return  # one report per launch
     s = read_json(run_dir / "summary.json")
-    acc = "n/a" if s["eval_accuracy"] is None else f"{s['eval_accuracy']:.3f}"
     out.print(f"reward run: {run_dir}")
     out.print(
         f"train pairs {s['train_pairs']} (dropped as too long: {s['dropped_too_long']}), steps {s['global_step']}, "
-        f"{s['pairs_per_second']:.2f} pairs/s, held-out accuracy {acc}"
+        f"{s['pairs_per_second']:.2f} pairs/s ({s.get('mode', 'full')})"
     )
+    _print_learning(s)
+
+
+def _print_learning(s: dict[str, Any]) -> None:
+    """The held-out accuracy with n and its interval, the untrained accuracy, and the verdict: loud
+    (red, on stderr too) when the model did not measurably learn."""
+    from rlhf.stats import fmt_proportion
+
+    before = s.get("eval_accuracy_before")
+    out.print(
+        f"held-out accuracy {fmt_proportion(s.get('eval_accuracy_interval'))}, untrained "
+        f"{'n/a' if before is None else f'{before:.2f}'}"
+    )
+    verdict = s.get("learning") or {}
+    if verdict.get("status") == "learned":
+        out.print(f"[green]learned[/green]: {verdict['message']}")
+    elif verdict:
+        err.print(f"[bold red]WARNING: {verdict['message']}[/bold red]")
 
 
 def _pct(x: Any) -> str:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import TrainingDiverged, ValidationError, WorkbenchError
+from rlhf.ppo_loop import is_shared_value
 from rlhf.reward import PRECISIONS, mixed_precision
 from rlhf.runs import (
     LossGuard,
@@ -82,10 +83,19 @@ class PPOOptions:
 
     policy: str = field(default="default", metadata={"help": "Starting policy (also the frozen reference)."})
     lora: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "Train LoRA adapters on the policy: the reference is the same weights with the adapter "
-            "off, so no second copy is held (~15% less memory here, same speed: the value model trains in full)."
+            "off (no second copy), the backward pass computes no weight gradients of the base and the "
+            "optimizer steps only the adapters. false: full fine-tune, with a frozen copy as the reference."
+        },
+    )
+    value_model: str = field(
+        default="shared",
+        metadata={
+            "help": "shared: a value head on the policy's own trunk, trained in the same pass as the policy "
+            "(our PPO step, rlhf/ppo_loop.py: ~3x fewer passes); separate: TRL's separate value model "
+            "initialised from the reward model, and TRL's own loop."
         },
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank: higher = more capacity, more memory."})
@@ -161,6 +171,8 @@ class PPOOptions:
             p.append(f"`precision` must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if self.lora_r < 1:
             p.append(f"`lora_r` must be >= 1, got {self.lora_r}")
+        if self.value_model not in ("shared", "separate"):
+            p.append(f"`value_model` must be shared or separate, got {self.value_model!r}")
         if self.kl_target is not None and not self.kl_target > 0:
             p.append(f"`kl_target` must be > 0 (or null for a fixed coefficient), got {self.kl_target}")
         if self.kl_horizon < 1:
@@ -413,24 +425,17 @@ def _ppo_reward_classes() -> tuple[type, type, type]:
             self.register_buffer("suffix", torch.tensor(list(suffix), dtype=torch.long), persistent=False)
 
         def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any = None, **kw: Any) -> Any:
+            from rlhf.ppo_loop import append_end_of_turn
+
             b, n = input_ids.shape
-            s = self.suffix.numel()
             rows = torch.arange(b, device=input_ids.device)
-            mask = attention_mask.long()
-            # Index of each row's last real token (rows are [pad...][query][response][pad...]).
-            last = n - 1 - torch.argmax(mask.flip(1), dim=1)
-            ends = (input_ids[rows, last] == self.eos_id) & (mask[rows, last] == 1)
-            ids = torch.cat([input_ids, input_ids.new_zeros(b, s)], 1)
-            ext_mask = torch.cat([mask, mask.new_zeros(b, s)], 1)
-            for j in range(s):
-                ids[rows[ends], last[ends] + 1 + j] = self.suffix[j]
-                ext_mask[rows[ends], last[ends] + 1 + j] = 1
-            pos = ext_mask.cumsum(1) - ext_mask
+            ids, ext_mask, pos, read = append_end_of_turn(input_ids, attention_mask, self.eos_id, self.suffix.tolist())
+            last = n - 1 - torch.argmax(attention_mask.long().flip(1), dim=1)
             kw.pop("output_hidden_states", None)
             out = self.inner(input_ids=ids, attention_mask=ext_mask, position_ids=pos, output_hidden_states=True, **kw)
             h = out.hidden_states[-1]
             hidden = h[:, :n].clone()
-            hidden[rows[ends], last[ends]] = h[rows[ends], last[ends] + s]
+            hidden[rows, last] = h[rows, read]  # the score TRL reads at the last real token
             return BaseModelOutputWithPast(last_hidden_state=hidden, hidden_states=(hidden,))
 
     class PPOReward(nn.Module):
@@ -814,6 +819,15 @@ def _trainer_class() -> Any:
             self.hooks = hooks
             self.dataloader = _PromptPasses(self.dataloader)  # TRL's loop reads self.dataloader
 
+        def train(self, *args: Any, **kwargs: Any) -> None:
+            from rlhf.ppo_loop import train
+
+            # Our PPO step (fewer passes, rlhf/ppo_loop.py) on one process; TRL's loop otherwise.
+            value = self.accelerator.unwrap_model(self.model).value_model
+            if is_shared_value(value) and self.accelerator.num_processes == 1:
+                return train(self)
+            return super().train(*args, **kwargs)
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "objective/kl" in logs:  # TRL logs one PPO step's metrics exactly once per step
                 self.hooks.on_step(self, logs)
@@ -908,7 +922,9 @@ def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def _restore_weights(trainer: Any, folder: Path | None, reward_model_dir: Path, initial_adapter: Any) -> None:
+def _restore_weights(
+    trainer: Any, folder: Path | None, reward_model_dir: Path, initial_adapter: Any, initial_value_head: Any = None
+) -> None:
     """Policy and value weights from a checkpoint folder, or (folder None) the starting ones."""
     import torch
 
@@ -924,7 +940,10 @@ def _restore_weights(trainer: Any, folder: Path | None, reward_model_dir: Path, 
             _load_weights(policy, _read_weights(folder))
         else:
             _load_weights(policy, trainer.ref_model.state_dict())
-        _load_weights(value, _read_weights(folder / "value" if folder else reward_model_dir))
+        if is_shared_value(value):  # the trunk is the policy's; the head alone is the value's own
+            value.load_state_dict(_read_weights(folder / "value") if folder else initial_value_head)
+        else:
+            _load_weights(value, _read_weights(folder / "value" if folder else reward_model_dir))
 
 
 def _restore_checkpoint(trainer: Any, folder: Path, reward_model_dir: Path) -> tuple[int, int]:
@@ -979,6 +998,7 @@ class PPORun:
     reward_model_dir: Path
     resume_from: Path | None = None
     initial_adapter: dict[str, Any] | None = None  # LoRA: the adapter at the start (a KL stop may restore it)
+    initial_value_head: dict[str, Any] | None = None  # shared value: the head at the start
 
 
 def build_ppo_trainer(
@@ -1043,9 +1063,20 @@ def build_ppo_trainer(
     reward_model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
     mean, std = reward_stats(reward_run, reward_model.config) if options.normalize_rewards else (0.0, 1.0)
     reward = build_ppo_reward(reward_model, tok, mean, std, options.reward_clip).eval().requires_grad_(False)
-    value = load_value_model(reward_model_dir, mean, std)
+    shared = options.value_model == "shared"
+    fused_reward = None
+    if shared:
+        from rlhf.ppo_loop import shared_trunk_value
+
+        # The head starts as the reward head in normalised units, as load_value_model does.
+        value = shared_trunk_value(policy, reward_model.score.weight.detach().float() / std)
+        if _same_trunk(reward_model, policy):  # frozen-backbone reward on the reference's weights
+            fused_reward = (reward.score, chat_suffix_ids(tok))
+    else:
+        value = load_value_model(reward_model_dir, mean, std)
     value.config.pad_token_id = tok.pad_token_id
-    vocab_v, vocab_p = value.get_input_embeddings().num_embeddings, policy.get_input_embeddings().num_embeddings
+    initial_value_head = {k: v.detach().clone() for k, v in value.state_dict().items()} if shared else None
+    vocab_v, vocab_p = reward_model.get_input_embeddings().num_embeddings, policy.get_input_embeddings().num_embeddings
     if vocab_v != vocab_p:
         raise WorkbenchError(
             f"the reward model's vocabulary ({vocab_v}) differs from the policy's ({vocab_p}): "
@@ -1082,6 +1113,7 @@ def build_ppo_trainer(
             callbacks=[metrics_callback(run_dir), *(callbacks or [])],
             hooks=hooks,
         )
+    trainer.fused_reward = fused_reward
     for cb in trainer.callback_handler.callbacks:  # TensorBoard (when asked) writes into the run folder
         if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "logging_dir", None) is None:
             cb.logging_dir = str(run_dir / "tensorboard")
@@ -1111,10 +1143,26 @@ def build_ppo_trainer(
         },
         "precision": trainer.accelerator.mixed_precision,
         "reference": "the policy with its LoRA adapter off" if options.lora else "a frozen copy of the starting policy",
+        "value": "a head on the policy's trunk" if shared else "a separate model initialised from the reward model",
+        "reward_in_reference_pass": fused_reward is not None,
         "end_of_turn_suffix": chat_suffix_ids(tok),
     }
     resume_from = checkpoints[max(checkpoints)] if checkpoints else None
-    return PPORun(trainer, tok, hooks, run_dir, config, reward_model_dir, resume_from, initial_adapter)
+    return PPORun(
+        trainer, tok, hooks, run_dir, config, reward_model_dir, resume_from, initial_adapter, initial_value_head
+    )
+
+
+def _same_trunk(reward_model: Any, policy: Any) -> bool:
+    """Whether a frozen-backbone reward model's trunk holds exactly the policy's starting weights
+    (then the reference pass can give the reward too)."""
+    import torch
+
+    if not getattr(reward_model.config, "reward_backbone_frozen", False):
+        return False
+    a = getattr(reward_model, reward_model.base_model_prefix).state_dict()
+    b = getattr(policy, policy.base_model_prefix).state_dict()
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
 def train_ppo(
@@ -1178,7 +1226,7 @@ def train_ppo(
             kept = kept_checkpoint_step(list(saved), stop["step"])
         else:  # diverged: the newest checkpoint saved before the bad step whose weights are finite
             kept = last_good_checkpoint_step(saved, stop["step"], trainer.is_peft_model)
-        _restore_weights(trainer, saved.get(kept), run.reward_model_dir, run.initial_adapter)
+        _restore_weights(trainer, saved.get(kept), run.reward_model_dir, run.initial_adapter, run.initial_value_head)
         stop.update(kept_checkpoint=saved[kept].name if kept is not None else None, kept_step=kept or 0)
         if stop["reason"] == "kl_budget":
             msg = "KL %.3g > budget %.3g at step %d: keeping step %d"
@@ -1208,7 +1256,10 @@ def train_ppo(
         out_policy = wrapper.policy.merge_and_unload() if trainer.is_peft_model else wrapper.policy
         out_policy.save_pretrained(run_dir / "policy")
         run.tok.save_pretrained(run_dir / "policy")
-        wrapper.value_model.save_pretrained(run_dir / "value")
+        if is_shared_value(wrapper.value_model):  # the trunk is the (merged) policy's
+            wrapper.value_model.save_full(run_dir / "value", out_policy.base_model_prefix)
+        else:
+            wrapper.value_model.save_pretrained(run_dir / "value")
         run.tok.save_pretrained(run_dir / "value")
         if report is not None:
             write_json(run_dir / "report.json", report)

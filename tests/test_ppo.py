@@ -154,7 +154,9 @@ def world(tmp_path_factory, tiny_model_dir):
 
 
 def options(world, **kw) -> PPOOptions:
-    base = {"policy": str(world["policy"]), "precision": "fp32", "eval_prompts": 8, "eval_steps": 4}
+    # Full fine-tune (lora=False) through our PPO step (value head on the policy's trunk); the LoRA
+    # default and TRL's own loop (value_model="separate") have tests of their own below.
+    base = {"policy": str(world["policy"]), "precision": "fp32", "eval_prompts": 8, "eval_steps": 4, "lora": False}
     return PPOOptions(**{**base, **kw})
 
 
@@ -642,6 +644,81 @@ def test_lora_policy_reference_is_the_adapter_off(world, tmp_path):
     assert any(not torch.equal(final[k], start[k]) for k in start)
     evals = {m["step"]: m for m in MetricsLog(run).read() if "eval/kl_to_ref" in m}
     assert evals[0]["eval/kl_to_ref"] == 0 and evals[2]["eval/kl_to_ref"] > 0
+
+
+def test_trl_loop_with_a_separate_value_model_still_learns(world, tmp_path):
+    """value_model=separate: TRL's own PPOTrainer.train with the value model initialised from the reward model."""
+    run = train_ppo(
+        world["reward"],
+        options(world, value_model="separate", eval_steps=0),
+        {**LEARN_TRL, "save_steps": 100},
+        max_steps=6,
+        prompts=world["prompts"],
+        run_dir=tmp_path / "separate",
+    )
+    cfg = read_json(run / "config.json")
+    assert cfg["value"] == "a separate model initialised from the reward model" and not cfg["reward_in_reference_pass"]
+    steps = steps_of(run)
+    assert [m["step"] for m in steps] == list(range(1, 7)) and all(TRL_KEYS <= m.keys() for m in steps)
+    assert not any("time/generation" in m for m in steps)  # TRL's loop: none of our timers
+    rep = read_json(run / "report.json")
+    assert rep["reward_gain"] > 0.1
+
+
+def test_our_step_logs_where_its_time_goes(run):
+    for m in steps_of(run):
+        phases = {k for k in m if k.startswith("time/")}
+        assert {"time/generation", "time/reference_and_reward", "time/train_forward", "time/train_backward"} <= phases
+        assert all(m[k] >= 0 for k in phases)
+    assert read_json(run / "config.json")["value"] == "a head on the policy's trunk"
+
+
+def test_end_of_turn_suffix_placement_hand_checked():
+    import torch
+
+    from rlhf.ppo_loop import append_end_of_turn
+
+    pad, eos = 0, 9
+    rows = torch.tensor([[0, 5, 6, 9, 0], [5, 6, 7, 8, 0], [0, 0, 5, 9, 0]])
+    ids, mask, pos, read = append_end_of_turn(rows, rows != pad, eos, [3, 4])
+    # Row 0 ended with EOS at 3: the suffix goes at 4, 5 and the score is read at 5 (its last token).
+    assert ids.tolist() == [[0, 5, 6, 9, 3, 4, 0], [5, 6, 7, 8, 0, 0, 0], [0, 0, 5, 9, 3, 4, 0]]
+    assert mask.tolist() == [[0, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1, 0]]
+    assert pos.tolist() == [[0, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 4, 4], [0, 0, 0, 1, 2, 3, 4]]
+    assert read.tolist() == [5, 3, 5]  # row 1 was cut off (no EOS): its last real token
+
+
+def test_fused_reward_equals_the_reward_models_own_score(tiny_model_dir, tmp_path, store):
+    """A frozen-backbone reward run on the policy's own base: the reference pass's hidden state at the
+    read index gives exactly the score the separate reward model (PPOReward) gives."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from rlhf.models import load_tokenizer
+    from rlhf.ppo import _same_trunk, build_ppo_reward, chat_suffix_ids
+    from rlhf.ppo_loop import append_end_of_turn
+    from rlhf.reward import RewardOptions, train_reward
+
+    reward = train_reward(
+        marker_export(store, tmp_path, n=24, test_fraction=0.0), RewardOptions(model=str(tiny_model_dir))
+    )
+    rm = AutoModelForSequenceClassification.from_pretrained(reward / "model").eval()
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert _same_trunk(rm, policy)
+    tok = load_tokenizer(tiny_model_dir)
+    wrapped = build_ppo_reward(rm, tok, mean=0.3, std=2.0, clip=5.0).eval()
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "thank you"}]
+    full = list(tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"])
+    suffix = chat_suffix_ids(tok)
+    ids = torch.tensor([full[: len(full) - len(suffix)]])  # as PPO has it: the response ends at EOS
+    from trl.experimental.utils import get_reward
+
+    _, expected, _ = get_reward(wrapped, ids, tok.pad_token_id, 3)
+    x, mask, pos, read = append_end_of_turn(ids, ids != tok.pad_token_id, tok.eos_token_id, chat_suffix_ids(tok))
+    with torch.no_grad():
+        h = policy.get_decoder()(input_ids=x, attention_mask=mask, position_ids=pos).last_hidden_state
+        got = wrapped.score(h[torch.arange(1), read]).squeeze(-1)
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_pipeline_script_help_is_fast():
