@@ -55,7 +55,7 @@ from typing import Any
 
 from rlhf.errors import TrainingDiverged, ValidationError, WorkbenchError
 from rlhf.ppo_loop import is_shared_value
-from rlhf.reward import PRECISIONS, mixed_precision
+from rlhf.reward import PRECISIONS, mixed_precision, reward_model_from
 from rlhf.runs import (
     LossGuard,
     MetricsLog,
@@ -818,6 +818,12 @@ def _trainer_class() -> Any:
             self.is_distributed_loading_by_transformers = False
             self.hooks = hooks
             self.dataloader = _PromptPasses(self.dataloader)  # TRL's loop reads self.dataloader
+            if not hasattr(self.model, "policy"):
+                # DistributedDataParallel: TRL's loop reads `model.policy` (the LoRA reference pass,
+                # null_ref_context) on it. Plain attributes, not submodules: DDP's state is unchanged.
+                inner = self.accelerator.unwrap_model(self.model)
+                object.__setattr__(self.model, "policy", inner.policy)
+                object.__setattr__(self.model, "value_model", inner.value_model)
 
         def train(self, *args: Any, **kwargs: Any) -> None:
             from rlhf.ppo_loop import train
@@ -1016,7 +1022,7 @@ def build_ppo_trainer(
     The run folder is made only once the inputs checked out: a refused run leaves nothing behind."""
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM
 
     from rlhf.models import load_tokenizer, resolve_model
 
@@ -1060,7 +1066,7 @@ def build_ppo_trainer(
     if policy.get_input_embeddings().num_embeddings < len(tok):
         policy.resize_token_embeddings(len(tok))
     policy.config.pad_token_id = policy.generation_config.pad_token_id = tok.pad_token_id
-    reward_model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
+    reward_model = reward_model_from(reward_model_dir).eval()
     mean, std = reward_stats(reward_run, reward_model.config) if options.normalize_rewards else (0.0, 1.0)
     reward = build_ppo_reward(reward_model, tok, mean, std, options.reward_clip).eval().requires_grad_(False)
     shared = options.value_model == "shared"
@@ -1068,10 +1074,13 @@ def build_ppo_trainer(
     if shared:
         from rlhf.ppo_loop import shared_trunk_value
 
-        # The head starts as the reward head in normalised units, as load_value_model does.
-        value = shared_trunk_value(policy, reward_model.score.weight.detach().float() / std)
+        # The head starts as the reward head in normalised units (as load_value_model does) when it
+        # reads the same features; a pooled reward head does not: zeros.
+        head = reward_model.score.weight.detach().float()
+        value = shared_trunk_value(policy, head / std if head.shape[-1] == policy.config.hidden_size else None)
         if _same_trunk(reward_model, policy):  # frozen-backbone reward on the reference's weights
-            fused_reward = (reward.score, chat_suffix_ids(tok))
+            spec = getattr(reward_model.config, "reward_head", None) or {}
+            fused_reward = (reward.score, chat_suffix_ids(tok), spec.get("layer"))
     else:
         value = load_value_model(reward_model_dir, mean, std)
     value.config.pad_token_id = tok.pad_token_id
@@ -1160,9 +1169,10 @@ def _same_trunk(reward_model: Any, policy: Any) -> bool:
 
     if not getattr(reward_model.config, "reward_backbone_frozen", False):
         return False
-    a = getattr(reward_model, reward_model.base_model_prefix).state_dict()
+    trunk = getattr(reward_model, reward_model.base_model_prefix)
+    a = getattr(trunk, "backbone", trunk).state_dict()  # a pooled head's trunk keeps only its first layers
     b = getattr(policy, policy.base_model_prefix).state_dict()
-    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+    return a.keys() <= b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
 def train_ppo(

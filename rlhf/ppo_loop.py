@@ -268,14 +268,29 @@ def train(trainer: Any) -> None:
             # 2) reference log-probs, and the reward from the same pass when the reward model allows.
             with ref_ctx():
                 if fused is not None:
-                    head, suffix = fused
+                    head, suffix, layer = fused
                     ids, mask, pos, read = append_end_of_turn(post_qr, post_qr != pad, eos, suffix)
-                    h = ref_trunk(
-                        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
-                    ).last_hidden_state
+                    store: dict[str, Any] = {}
+                    if layer is not None:  # a pooled reward head reads layer L of this same pass
+                        from rlhf.reward_head import _decoder_layers, layer_output_hook
+
+                        handle = layer_output_hook(_decoder_layers(ref_trunk), layer - 1, store)
+                    try:
+                        h = ref_trunk(
+                            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
+                        ).last_hidden_state
+                    finally:
+                        if layer is not None:
+                            handle.remove()
                     ref_logits = ref_head(h[:, ctx - 1 : ctx - 1 + r_len]).float() / temp
-                    scores = head(h[torch.arange(h.shape[0], device=device), read]).squeeze(-1).float()
-                    del h
+                    if layer is None:
+                        feats = h[torch.arange(h.shape[0], device=device), read]
+                    else:
+                        from rlhf.reward_head import pool
+
+                        feats = pool(store.pop("h"), mask, torch.full_like(read, ctx))
+                    scores = head(feats.to(h.dtype)).squeeze(-1).float()
+                    del h, feats
                 else:
                     h = _trunk_hidden(ref_trunk, query_responses, pad)
                     ref_logits = ref_head(h[:, ctx - 1 : -1]).float() / temp

@@ -800,8 +800,9 @@ def _train_head_run(
     Writes the same run folder as a RewardTrainer run; `args` (the RewardConfig) gives max_length,
     the eval batch size and precision."""
     import torch
+    from safetensors.torch import save_file
 
-    from rlhf.reward_head import fit_head, sequence_features
+    from rlhf.reward_head import HEAD_FILE, fit_head, pool_layer, sequence_features
     from rlhf.runs import MetricsLog
 
     has_eval = eval_raw is not None and len(eval_raw) > 0
@@ -820,17 +821,28 @@ def _train_head_run(
     test_r = [encode_pair_side(tok, ex["prompt"], ex["rejected"]) for ex in eval_raw] if has_eval else []
     backbone = getattr(model, model.base_model_prefix)
     seqs = [p[0] for p in kept] + [p[1] for p in kept] + test_c + test_r
-    feats = sequence_features(backbone, seqs, tok.pad_token_id, args.per_device_eval_batch_size, bool(args.bf16))
-    n = len(kept)
-    fc, fr, tc, tr = feats[:n], feats[n : 2 * n], feats[2 * n : 2 * n + len(test_c)], feats[2 * n + len(test_c) :]
+    marker = assistant_marker(tok)
+    feats = sequence_features(
+        backbone, seqs, tok.pad_token_id, marker, args.per_device_eval_batch_size, bool(args.bf16)
+    )
+    n, m = len(kept), len(test_c)
+    fc = {k: v[:n] for k, v in feats.items()}
+    fr = {k: v[n : 2 * n] for k, v in feats.items()}
     feature_s = time.perf_counter() - start
     w0 = model.score.weight.detach()[0].float()  # the untrained head: the baseline to beat
-    accuracy_before = float(((tc @ w0) > (tr @ w0)).float().mean()) if has_eval else None
+    t_last_c, t_last_r = feats["last"][2 * n : 2 * n + m], feats["last"][2 * n + m :]
+    accuracy_before = float(((t_last_c @ w0) > (t_last_r @ w0)).float().mean()) if has_eval else None
     margins = [float(p[2].get("margin") or 0.0) for p in kept]
     groups = [str(p[2]["prompt"]) for p in kept]
     fit = fit_head(fc, fr, margins, groups, seed=args.seed)
-    with torch.no_grad():
-        model.score.weight.copy_(fit.weight.to(model.score.weight.dtype)[None, :])
+    layer = pool_layer(fit.kind)
+    fc, fr = fc[fit.kind], fr[fit.kind]
+    tc, tr = feats[fit.kind][2 * n : 2 * n + m], feats[fit.kind][2 * n + m :]
+    if layer is None:  # the sequence-classification head itself
+        with torch.no_grad():
+            model.score.weight.copy_(fit.weight.to(model.score.weight.dtype)[None, :])
+    else:  # model/ keeps the plain seq-cls layout; the pooled head lives beside it (load_reward_model)
+        model.config.reward_head = {"type": "pooled", "layer": layer, "marker": list(marker)}
     metrics = MetricsLog(run_dir)
     for epoch, row in enumerate(fit.history, 1):
         metrics.append({"step": epoch, "epoch": epoch, **row})
@@ -842,6 +854,8 @@ def _train_head_run(
     model.config.reward_backbone_frozen = True
     model.save_pretrained(run_dir / "model")
     tok.save_pretrained(run_dir / "model")
+    if layer is not None:
+        save_file({"weight": fit.weight.contiguous()}, str(run_dir / "model" / HEAD_FILE))
     write_json(run_dir / "reward_stats.json", stats)
     report = None
     if has_eval:
@@ -865,6 +879,8 @@ def _train_head_run(
         "bf16": bool(args.bf16),
         "mode": "head",
         "head": {
+            "features": fit.kind,
+            "candidates": fit.candidates,
             "l2": fit.l2,
             "epochs": fit.epochs,
             "validation_accuracy": fit.validation_accuracy,
@@ -883,15 +899,41 @@ def _train_head_run(
 
 def load_reward_model(run_dir: Path, device: str = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) of a finished reward run, in eval mode."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoTokenizer
 
     from rlhf.models import fix_tokenizer, pick_device
 
     path = Path(run_dir) / "model"
     if not (path / "config.json").exists():
         raise WorkbenchError(f"{run_dir} holds no trained reward model (no model/ folder); did the run finish?")
-    from transformers import AutoTokenizer
-
     tok = fix_tokenizer(AutoTokenizer.from_pretrained(path), padding_side="right")
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(pick_device(device)).eval()
-    return model, tok
+    return reward_model_from(path).to(pick_device(device)).eval(), tok
+
+
+def reward_model_from(model_dir: Path) -> Any:
+    """The reward model saved in a run's model/ folder: a sequence-classification model, or the
+    pooled-head model of a frozen-backbone run whose head reads layer L (rlhf/reward_head.py).
+    Either returns `.logits` (batch, 1) and has `base_model_prefix` + `score` for PPO."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    if getattr(model.config, "reward_head", None):
+        from rlhf.reward_head import load_pooled
+
+        return load_pooled(model, model_dir)
+    return model
+
+
+def assistant_marker(tok: Any) -> list[int]:
+    """The token ids the chat template puts before an assistant response (its generation prompt,
+    e.g. `<|im_start|>assistant\n`); [] for a tokenizer without a chat template."""
+    if not getattr(tok, "chat_template", None):
+        return []
+    p = [{"role": "user", "content": "x"}]
+    with_prompt = list(
+        tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    )
+    without = list(
+        tok.apply_chat_template(p, add_generation_prompt=False, tokenize=True, return_dict=True)["input_ids"]
+    )
+    return with_prompt[len(without) :] if with_prompt[: len(without)] == without else []

@@ -34,52 +34,125 @@ PATIENCE = 40
 VALIDATION_FRACTION = 0.2
 
 
+POOL_DEPTHS = (0.13, 0.27, 0.4, 0.53, 0.67)  # candidate layers of the pooled head, as shares of the depth
+
+
+def pool_layers(depth: int) -> list[int]:
+    """Candidate layers (1-based) for a trunk of `depth` blocks: 4, 8, 12, 16, 20 of SmolLM2's 30."""
+    return sorted({max(1, round(depth * f)) for f in POOL_DEPTHS} - {depth})
+
+
+def layer_output_hook(layers: Any, index: int, store: dict[str, Any]) -> Any:
+    """Capture the hidden states that layer `index` (0-based) outputs into store["h"]; returns the handle."""
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> None:
+        store["h"] = output[0] if isinstance(output, tuple) else output
+
+    return layers[index].register_forward_hook(hook)
+
+
+def response_start(input_ids: Any, mask: Any, marker: Sequence[int]) -> Any:
+    """Per row, the index right after the LAST occurrence of `marker` (the chat template's assistant
+    header) among the real tokens, i.e. where the response starts; 0 when the marker is absent."""
+    import torch
+
+    b, n = input_ids.shape
+    m = len(marker)
+    if m == 0 or n < m:
+        return torch.zeros(b, dtype=torch.long, device=input_ids.device)
+    windows = input_ids.unfold(1, m, 1)  # (b, n - m + 1, m)
+    hit = (windows == torch.tensor(list(marker), device=input_ids.device)).all(-1) & (mask[:, m - 1 :] == 1)
+    pos = torch.arange(n - m + 1, device=input_ids.device)
+    last = torch.where(hit, pos, torch.full_like(pos, -1)).max(1).values
+    return torch.where(last >= 0, last + m, torch.zeros_like(last))
+
+
+def pool(h: Any, mask: Any, start: Any) -> Any:
+    """[mean, max] over each row's response tokens (positions >= start with mask 1): (b, 2 x hidden)."""
+    import torch
+
+    pos = torch.arange(h.shape[1], device=h.device)[None, :]
+    keep = (mask.bool() & (pos >= start[:, None])).unsqueeze(-1)
+    keep = torch.where(keep.any(1, keepdim=True), keep, mask.bool().unsqueeze(-1))  # empty response: all tokens
+    h = h.float()
+    mean = (h * keep).sum(1) / keep.sum(1).clamp(min=1)
+    mx = torch.where(keep, h, torch.full_like(h, float("-inf"))).max(1).values
+    return torch.cat([mean, mx], -1)
+
+
 def sequence_features(
     backbone: Any,
     seqs: Sequence[Sequence[int]],
     pad_id: int,
+    marker: Sequence[int],
     batch_size: int = 16,
     bf16: bool = False,
+    layers: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> Any:
-    """(n, hidden) float32 tensor: the backbone's last hidden state at each sequence's last token
-    (right-padded batches sorted by length; rows in the input order)."""
+) -> dict[str, Any]:
+    """Feature vectors of every sequence, one (n, dim) float32 tensor per kind, rows in input order:
+    "last" = the backbone's last hidden state at the last token (what a sequence-classification head
+    reads), and "pool<L>" = [mean, max] over the response tokens of layer L's output (L in `layers`,
+    1-based; default `pool_layers` of the trunk's depth)."""
     import torch
 
+    blocks = _decoder_layers(backbone)
+    layers = [L for L in (layers if layers is not None else pool_layers(len(blocks))) if 1 <= L < len(blocks)]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     device = next(backbone.parameters()).device
-    out: Any = None
+    out: dict[str, Any] = {}
+    captured: dict[int, dict[str, Any]] = {L: {} for L in layers}
+    handles = [layer_output_hook(blocks, L - 1, captured[L]) for L in layers]
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(device.type, enabled=False)
     backbone.eval()
-    with torch.inference_mode(), ctx:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, : len(seqs[i])] = torch.tensor(list(seqs[i]))
-                mask[row, : len(seqs[i])] = 1
-            h = backbone(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            last = mask.sum(1).to(device) - 1
-            feats = h[torch.arange(len(idx), device=device), last].float().cpu()
-            if out is None:
-                out = torch.zeros((len(seqs), feats.shape[1]))
-            out[torch.tensor(idx)] = feats
-            if progress:
-                progress(min(start + batch_size, len(order)), len(order))
+    try:
+        with torch.inference_mode(), ctx:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                width = max(len(seqs[i]) for i in idx)
+                ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    ids[row, : len(seqs[i])] = torch.tensor(list(seqs[i]))
+                    mask[row, : len(seqs[i])] = 1
+                ids, mask = ids.to(device), mask.to(device)
+                h = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+                feats = {"last": h[torch.arange(len(idx), device=device), mask.sum(1) - 1]}
+                begin = response_start(ids, mask, marker)
+                for L in layers:
+                    feats[f"pool{L}"] = pool(captured[L]["h"], mask, begin)
+                for k, v in feats.items():
+                    v = v.float().cpu()
+                    if k not in out:
+                        out[k] = torch.zeros((len(seqs), v.shape[1]))
+                    out[k][torch.tensor(idx)] = v
+                if progress:
+                    progress(min(start + batch_size, len(order)), len(order))
+    finally:
+        for hd in handles:
+            hd.remove()
     return out
+
+
+def _decoder_layers(backbone: Any) -> Any:
+    """The list of transformer blocks of a backbone (LLaMA-style `layers`, GPT-2 `h`)."""
+    for name in ("layers", "h", "blocks"):
+        if hasattr(backbone, name):
+            return getattr(backbone, name)
+    raise ValueError(f"cannot find the transformer blocks of {type(backbone).__name__}")
 
 
 @dataclass
 class HeadFit:
-    weight: Any  # (hidden,) on the raw features: score = weight . x
+    kind: str  # "last" or "pool<L>" (see sequence_features)
+    weight: Any  # (dim,) on the raw features: score = weight . x
     l2: float
     epochs: int
     validation_accuracy: float | None
     validation_pairs: int
     history: list[dict[str, float]]  # per epoch of the final fit: loss, accuracy
     seconds: float
+    candidates: dict[str, float | None]  # validation accuracy of each feature kind (its best penalty)
 
 
 def _fit(
@@ -124,39 +197,124 @@ def fit_head(
 ) -> HeadFit:
     """Train the linear head on cached features of training pairs (chosen[i] preferred to
     rejected[i]; `margin` per pair, zeros for none; `groups` the prompt of each pair, so a prompt's
-    pairs stay on one side of the validation split). Chooses the L2 penalty and the epoch count on
-    that split, then refits on every pair."""
+    pairs stay on one side of the validation split). `chosen`/`rejected`: one tensor, or a dict of
+    feature kinds (`sequence_features`). Chooses the kind, the L2 penalty and the epoch count on that
+    split (best validation accuracy; ties: `last`, then the stronger penalty), then refits on every pair."""
     import random
 
     import torch
 
     t0 = time.perf_counter()
-    x = torch.cat([chosen, rejected])
-    sd = x.std(0) + 1e-6  # standardise: a few hidden dimensions are huge in LLMs
-    d = (chosen - rejected) / sd  # the mean cancels in a difference
+    kinds_c = chosen if isinstance(chosen, dict) else {"last": chosen}
+    kinds_r = rejected if isinstance(rejected, dict) else {"last": rejected}
     margin = torch.as_tensor(margin, dtype=torch.float32)
     keys = sorted(set(groups), key=str)
     random.Random(seed).shuffle(keys)
-    n_val = int(round(len(keys) * VALIDATION_FRACTION))
-    val_keys = set(keys[:n_val])
+    val_keys = set(keys[: int(round(len(keys) * VALIDATION_FRACTION))])
     val_idx = torch.tensor([i for i, g in enumerate(groups) if g in val_keys], dtype=torch.long)
     tr_idx = torch.tensor([i for i, g in enumerate(groups) if g not in val_keys], dtype=torch.long)
     torch.manual_seed(seed)
-    choice = (L2_GRID[1], MAX_EPOCHS // 4, None)
+    diffs, scales = {}, {}
+    for kind in kinds_c:
+        x = torch.cat([kinds_c[kind], kinds_r[kind]])
+        scales[kind] = x.std(0) + 1e-6  # standardise: a few hidden dimensions are huge in LLMs
+        diffs[kind] = (kinds_c[kind] - kinds_r[kind]) / scales[kind]  # the mean cancels in a difference
+    default_kind = "last" if "last" in diffs else next(iter(diffs))
+    choice = (default_kind, L2_GRID[1], MAX_EPOCHS // 4, None)
+    candidates: dict[str, float | None] = {k: None for k in diffs}
     if len(val_idx) >= 10 and len(tr_idx) >= 10:
         scored = []
-        for l2 in L2_GRID:
-            _, epochs, acc, _ = _fit(d[tr_idx], margin[tr_idx], l2, MAX_EPOCHS, lr, (d[val_idx], margin[val_idx]))
-            scored.append((acc or 0.0, -l2, l2, epochs))
-        acc, _, l2, epochs = max(scored)  # best validation accuracy; ties: the stronger penalty
-        choice = (l2, epochs, acc)
-    weight, _, _, history = _fit(d, margin, choice[0], choice[1], lr)
+        for kind, d in diffs.items():
+            for l2 in L2_GRID:
+                _, epochs, acc, _ = _fit(d[tr_idx], margin[tr_idx], l2, MAX_EPOCHS, lr, (d[val_idx], margin[val_idx]))
+                acc = acc or 0.0
+                candidates[kind] = max(candidates[kind] or 0.0, acc)
+                scored.append((acc, kind == "last", l2, kind, epochs))
+        acc, _, l2, kind, epochs = max(scored)
+        choice = (kind, l2, epochs, acc)
+    kind, l2, epochs, val_acc = choice
+    weight, _, _, history = _fit(diffs[kind], margin, l2, epochs, lr)
     return HeadFit(
-        weight=weight / sd,
-        l2=choice[0],
-        epochs=choice[1],
-        validation_accuracy=choice[2],
+        kind=kind,
+        weight=weight / scales[kind],
+        l2=l2,
+        epochs=epochs,
+        validation_accuracy=val_acc,
         validation_pairs=len(val_idx),
         history=history,
         seconds=time.perf_counter() - t0,
+        candidates=candidates,
     )
+
+
+def pool_layer(kind: str) -> int | None:
+    """The layer of a "pool<L>" feature kind; None for "last"."""
+    return int(kind[4:]) if kind.startswith("pool") else None
+
+
+def _pooled_classes() -> tuple[type, type]:
+    import torch
+    import torch.nn as nn
+    from transformers.modeling_outputs import BaseModelOutputWithPast, SequenceClassifierOutputWithPast
+
+    class Pooler(nn.Module):
+        """The reward model's trunk up to layer L (the blocks above it removed: they are never
+        read), returning at every position the [mean, max] over the response tokens of layer L's
+        output: TRL's `get_reward` then reads the score wherever it looks."""
+
+        def __init__(self, backbone: Any, layer: int, marker: Sequence[int]):
+            super().__init__()
+            blocks = _decoder_layers(backbone)
+            for name in ("layers", "h", "blocks"):
+                if getattr(backbone, name, None) is blocks:
+                    setattr(backbone, name, blocks[:layer])
+            self.backbone, self.layer, self.marker = backbone, layer, list(marker)
+
+        def forward(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None, **kw: Any) -> Any:
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            store: dict[str, Any] = {}
+            handle = layer_output_hook(_decoder_layers(self.backbone), self.layer - 1, store)
+            try:
+                self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+            finally:
+                handle.remove()
+            feats = pool(store["h"], mask, response_start(input_ids, mask, self.marker))
+            h = feats[:, None, :].expand(-1, input_ids.shape[1], -1)
+            return BaseModelOutputWithPast(last_hidden_state=h, hidden_states=(h,))
+
+    class PooledRewardModel(nn.Module):
+        """A frozen-backbone reward model whose head reads [mean, max] of layer L over the response
+        (see the module doc); called like a sequence-classification model (`.logits`, (b, 1))."""
+
+        base_model_prefix = "pooler"
+
+        def __init__(self, seq_cls: Any, layer: int, marker: Sequence[int], weight: Any):
+            super().__init__()
+            self.config = seq_cls.config
+            self.pooler = Pooler(getattr(seq_cls, seq_cls.base_model_prefix), layer, marker)
+            self.score = nn.Linear(weight.numel(), 1, bias=False)
+            with torch.no_grad():
+                self.score.weight.copy_(weight.reshape(1, -1))
+
+        def forward(self, input_ids: Any, attention_mask: Any = None, **kw: Any) -> Any:
+            h = self.pooler(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return SequenceClassifierOutputWithPast(logits=self.score(h[:, -1]))
+
+        def get_input_embeddings(self) -> Any:
+            return self.pooler.backbone.get_input_embeddings()
+
+    return Pooler, PooledRewardModel
+
+
+HEAD_FILE = "reward_head.safetensors"
+
+
+def load_pooled(seq_cls: Any, folder: Any) -> Any:
+    """The PooledRewardModel a head run saved in `folder` (model/), around its loaded seq-cls model."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    spec = seq_cls.config.reward_head
+    weight = load_file(str(Path(folder) / HEAD_FILE))["weight"]
+    return _pooled_classes()[1](seq_cls, int(spec["layer"]), spec["marker"], weight)

@@ -209,6 +209,12 @@ def row(rc, rr, **kw):
     return base | kw
 
 
+# 95% Wilson intervals, hand computed (z = 1.96): 1 of 1, 1 of 2, 0 of 1.
+W11 = {"low": pytest.approx(0.2065, abs=1e-4), "high": 1.0}
+W12 = {"low": pytest.approx(0.0945, abs=1e-4), "high": pytest.approx(0.9055, abs=1e-4)}
+W01 = {"low": 0.0, "high": pytest.approx(0.7935, abs=1e-4)}
+
+
 def test_report_accuracy_by_slices():
     rows = [
         row(1.0, 0.0, margin=3.0, category="a", chosen_side="A"),
@@ -219,20 +225,20 @@ def test_report_accuracy_by_slices():
     r = build_eval_report(rows)
     assert r["pairs"] == 4 and r["accuracy"] == 0.5  # rows 0 and 2 right
     assert r["by_strength"] == {
-        "significantly better": {"n": 2, "accuracy": 0.5},
-        "negligibly better": {"n": 1, "accuracy": 1.0},  # 0.4 rounds to 0
-        "unknown": {"n": 1, "accuracy": 0.0},
+        "significantly better": {"n": 2, "accuracy": 0.5, **W12},
+        "negligibly better": {"n": 1, "accuracy": 1.0, **W11},  # 0.4 rounds to 0
+        "unknown": {"n": 1, "accuracy": 0.0, **W01},
     }
     assert r["by_category"] == {
-        "(none)": {"n": 1, "accuracy": 0.0},
-        "a": {"n": 2, "accuracy": 0.5},
-        "b": {"n": 1, "accuracy": 1.0},
+        "(none)": {"n": 1, "accuracy": 0.0, **W01},
+        "a": {"n": 2, "accuracy": 0.5, **W12},
+        "b": {"n": 1, "accuracy": 1.0, **W11},
     }
-    assert r["by_agreement"]["single"] == {"n": 2, "accuracy": 0.5, "annotator_agreement": 1.0}
+    assert r["by_agreement"]["single"] == {"n": 2, "accuracy": 0.5, **W12, "annotator_agreement": 1.0}
     assert r["by_agreement"]["unanimous"]["accuracy"] == 1.0
-    assert r["by_agreement"]["split"] == {"n": 1, "accuracy": 0.0, "annotator_agreement": 2 / 3}
+    assert r["by_agreement"]["split"] == {"n": 1, "accuracy": 0.0, **W01, "annotator_agreement": 2 / 3}
     assert r["annotator_agreement"] == pytest.approx((1.0 + 2 / 3) / 2)
-    assert r["position"] == {"A": {"n": 2, "accuracy": 0.5}, "B": {"n": 2, "accuracy": 0.5}}
+    assert r["position"] == {"A": {"n": 2, "accuracy": 0.5, **W12}, "B": {"n": 2, "accuracy": 0.5, **W12}}
     # Misranked, worst first: row 1 (gap 1.0) before row 3 (gap 0.5).
     assert [m["comparison_id"] for m in r["misranked"]] == [1, 3] and r["misranked"][0]["gap"] == 1.0
     assert r["misranked_total"] == 2
@@ -255,8 +261,8 @@ def test_report_length_bias_hand_computed():
     rows = [row(1.0, 2.0, len_chosen=10, len_rejected=20), row(3.0, 0.5, len_chosen=30, len_rejected=5)]
     lb = build_eval_report(rows)["length_bias"]
     assert lb["pearson_reward_length"] == pytest.approx(1.0)
-    assert lb["chosen_shorter"] == {"n": 1, "accuracy": 0.0}  # shorter chosen lost
-    assert lb["chosen_longer"] == {"n": 1, "accuracy": 1.0}
+    assert lb["chosen_shorter"] == {"n": 1, "accuracy": 0.0, **W01}  # shorter chosen lost
+    assert lb["chosen_longer"] == {"n": 1, "accuracy": 1.0, **W11}
     assert lb["equal_length"] == 0
 
 
@@ -374,3 +380,72 @@ def test_head_run_writes_a_reloadable_model_and_an_honest_report(tiny_model_dir,
             assert math.isclose(r["r_chosen"], misranked[r["comparison_id"]]["r_chosen"], rel_tol=1e-4, abs_tol=1e-5)
     stats = read_json(run / "reward_stats.json")
     assert stats["reward_std"] > 0 and stats["n_responses"] == 2 * s["train_pairs"]
+
+
+def test_pooling_finds_the_response_and_pools_mean_and_max():
+    import torch
+
+    from rlhf.reward_head import pool, response_start
+
+    marker = [7, 8]
+    ids = torch.tensor([[0, 5, 7, 8, 3, 4, 9], [5, 7, 8, 6, 7, 8, 2]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    # After the LAST marker: row 0 from index 4, row 1 from index 6.
+    assert response_start(ids, mask, marker).tolist() == [4, 6]
+    h = torch.arange(14, dtype=torch.float32).reshape(1, 7, 2).repeat(2, 1, 1)  # h[t] = [2t, 2t+1]
+    got = pool(h, mask, response_start(ids, mask, marker))
+    # Row 0: positions 4, 5, 6 -> mean [10, 11], max [12, 13]; row 1: position 6 only.
+    assert got.tolist() == [[10.0, 11.0, 12.0, 13.0], [12.0, 13.0, 12.0, 13.0]]
+
+
+def test_pooled_head_run_reloads_and_ppo_reads_it_from_the_reference_pass(tiny_model_dir, tmp_path, store, monkeypatch):
+    """Forcing the pooled features (the tiny model's layer 1): the saved model/ reloads as the pooled
+    reward model with the report's scores, and PPO's fused reference pass gives the same reward."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import rlhf.reward_head as rh
+    from rlhf.models import load_tokenizer
+    from rlhf.ppo import _same_trunk, build_ppo_reward, chat_suffix_ids
+    from rlhf.ppo_loop import append_end_of_turn
+    from rlhf.reward import evaluate_pairs, reward_model_from
+
+    real_fit = rh.fit_head
+    monkeypatch.setattr(
+        rh, "fit_head", lambda c, r, *a, **k: real_fit({"pool1": c["pool1"]}, {"pool1": r["pool1"]}, *a, **k)
+    )
+    export = marker_export(store, tmp_path)
+    run = train_reward(export, RewardOptions(model=str(tiny_model_dir)))
+    s = read_json(run / "summary.json")
+    assert s["head"]["features"] == "pool1"
+    model, tok = load_reward_model(run)
+    assert type(model).__name__ == "PooledRewardModel" and model.config.reward_head["layer"] == 1
+    from datasets import load_from_disk
+
+    rows = evaluate_pairs(model, tok, to_conversational(load_from_disk(str(export))["test"]))
+    assert sum(r["r_chosen"] > r["r_rejected"] for r in rows) / len(rows) == s["eval_accuracy"]
+    # PPO: the separate reward (TRL's get_reward through PPOReward) == the fused reference pass.
+    rm = reward_model_from(run / "model").eval()
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert _same_trunk(rm, policy)
+    ptok = load_tokenizer(tiny_model_dir)
+    wrapped = build_ppo_reward(rm, ptok, mean=0.2, std=1.5, clip=5.0).eval()
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "thank you"}]
+    full = list(ptok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"])
+    suffix = chat_suffix_ids(ptok)
+    query = list(
+        ptok.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    )
+    ids = torch.tensor([full[: len(full) - len(suffix)]])
+    from trl.experimental.utils import get_reward
+
+    _, expected, _ = get_reward(wrapped, ids, ptok.pad_token_id, len(query))
+    x, mask, pos, _ = append_end_of_turn(ids, ids != ptok.pad_token_id, ptok.eos_token_id, suffix)
+    store_h: dict = {}
+    trunk = policy.get_decoder()
+    handle = rh.layer_output_hook(rh._decoder_layers(trunk), 0, store_h)
+    with torch.no_grad():
+        trunk(input_ids=x, attention_mask=mask, position_ids=pos)
+    handle.remove()
+    got = wrapped.score(rh.pool(store_h["h"], mask, torch.tensor([len(query)]))).squeeze(-1)
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -199,7 +199,7 @@ def test_ppo_stops_at_the_bad_step_and_keeps_the_last_good_checkpoint(tiny_model
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: say hi."}) + "\n" for i in range(24)))
     run = tmp_path / "ppo"
-    opts = PPOOptions(policy=str(tiny_model_dir), precision="fp32", eval_prompts=0)
+    opts = PPOOptions(policy=str(tiny_model_dir), precision="fp32", eval_prompts=0, lora=False)
     trl = {"learning_rate": 1e-3, "response_length": 16, "save_steps": 1, "save_total_limit": 3}
     with torch.random.fork_rng(), pytest.raises(TrainingDiverged) as e:
         torch.set_num_threads(1)
