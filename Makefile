@@ -13,7 +13,7 @@ export RLHF_HOME ?= $(CURDIR)/rlhf-data
 export TOKENIZERS_PARALLELISM ?= false
 APP_PORT ?= 8501
 
-.PHONY: setup test test-fast demo app pipeline pipeline-quick bench gpu-check lint browser-deps clean
+.PHONY: setup test test-fast demo app pipeline pipeline-quick bench bench-alignment gpu-check lint browser-deps clean
 
 setup: $(STAMP)
 	@$(VENV)/bin/rlhf init
@@ -65,8 +65,17 @@ pipeline-quick: setup
 	$(VENV)/bin/rlhf pipeline run pipelines/configs/quick.yaml --force
 
 # gpu_check.py needs a CUDA GPU: `make gpu-check` there (TORCH_SPEC=torch at setup).
+# alignment.py is skipped too: a full pipeline round per rule on SmolLM2 (~15-20 min each on a CPU);
+# run it with `make bench-alignment` (ARGS="--quick" for a tiny-model smoke run).
 bench: setup
-	@for b in benchmarks/*.py; do [ $$b = benchmarks/gpu_check.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/*.py; do case $$b in benchmarks/gpu_check.py|benchmarks/alignment.py) continue;; esac; \
+		echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Does the loop learn what the labels say? Per simulated-annotator rule: labels -> reward model -> PPO,
+# judged on held-out prompts (targets and options: benchmarks/alignment.py), e.g.
+#   make bench-alignment ARGS="--rules uses_list --set evaluation.prompts=64"
+bench-alignment: setup
+	$(PY) benchmarks/alignment.py $(ARGS)
 
 gpu-check: setup
 	$(PY) benchmarks/gpu_check.py --out gpu-check
