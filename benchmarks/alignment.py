@@ -443,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="starting model (default `default`, SmolLM2; --quick: tiny)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "alignment.json")
     ap.add_argument("--quick", action="store_true", help="tiny model, quick.yaml, small sizes, one rule")
+    ap.add_argument(
+        "--separate-homes", action="store_true", help="a data home per rule (generates the candidates per rule)"
+    )
     ap.add_argument("--work", type=Path, help="folder for the per-rule data homes (default: a new temp folder)")
     args = ap.parse_args(argv)
 
@@ -483,7 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     figures = []
     for rule in rules:
         data = rule_config(base, rule, args.noise, model_path, sets)
-        figures.append(run_rule(rule, data, work / rule))
+        # One data home for every rule (--separate-homes: one each): the candidates do not depend on
+        # the rule, so the pipeline's skip-if-done reuses the prompts and generate stages and re-runs
+        # label -> export -> reward -> PPO -> evaluate. A rule's round folder is overwritten by the
+        # next rule's; its figures are kept in --out. The round time still counts the generation.
+        figures.append(run_rule(rule, data, work / (rule if args.separate_homes else "shared")))
         print_rule(console, figures[-1])
 
     used = [f.get("bf16") or {} for f in figures]

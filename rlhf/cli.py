@@ -383,14 +383,20 @@ def inspect_reward(run: str = typer.Argument("latest", help="Run folder or id un
         f"[bold]{run_dir}[/]  held-out pairs {r['pairs']}, accuracy {_pct(r['accuracy'])}, "
         f"annotator agreement {_pct(r['annotator_agreement'])}"
     )
+    if (run_dir / "summary.json").exists():
+        _print_learning({**read_json(run_dir / "summary.json"), **{k: r[k] for k in ("learning",) if k in r}})
+
+    def interval(v: dict[str, Any]) -> str:
+        return f"{_pct(v.get('low'))}-{_pct(v.get('high'))}" if v.get("low") is not None else "n/a"
+
     for key, title in (
         ("by_strength", "strength"),
         ("by_category", "category"),
         ("by_agreement", "agreement"),
         ("position", "chosen side"),
     ):
-        rows = [[k, v["n"], _pct(v["accuracy"])] for k, v in r[key].items()]
-        out.print(_table(f"accuracy by {title}", [title, "pairs", "accuracy"], rows))
+        rows = [[k, v["n"], _pct(v["accuracy"]), interval(v)] for k, v in r[key].items()]
+        out.print(_table(f"accuracy by {title}", [title, "pairs", "accuracy", "95% interval"], rows))
     cal = r["calibration"]
     out.print(
         _table(
@@ -478,6 +484,25 @@ def ppo_cmd(
     s = read_json(out_dir / "summary.json")
     out.print(f"PPO run: {out_dir}")
     out.print(json.dumps({k: v for k, v in s.items() if not isinstance(v, (dict, list))}, indent=1))
+    _print_win_rate(out_dir)
+
+
+def _print_win_rate(run_dir: Path) -> None:
+    """The tuned policy's win rate over the reference on the held-out prompts, by the reward model,
+    with n and its 95% interval, and the exact KL it paid."""
+    from rlhf.runs import read_json
+    from rlhf.stats import fmt_proportion, proportion
+
+    if not (run_dir / "report.json").exists():
+        return
+    r = read_json(run_dir / "report.json")
+    wr = r.get("win_rate_interval") or proportion(r["win_rate"] * r["prompts"], r["prompts"])
+    counts = f", W/T/L {wr['wins']}/{wr['ties']}/{wr['losses']}" if "wins" in wr else ""
+    out.print(
+        f"held-out win rate by the reward model {fmt_proportion(wr)}{counts}; exact KL to the reference "
+        f"{r['policy']['kl_to_ref']:.4f} nats/token; length {r['reference']['response_length']:.1f} -> "
+        f"{r['policy']['response_length']:.1f} tokens"
+    )
 
 
 @inspect_app.command("ppo")
@@ -501,6 +526,7 @@ def inspect_ppo(run: str = typer.Argument("latest", help="Run folder or id under
                 [[k, v] for k, v in r.items() if not isinstance(v, (dict, list))],
             )
         )
+        _print_win_rate(run_dir)
     rows = MetricsLog(run_dir).read()
     keys = ["objective/kl", "objective/scores", "objective/rlhf_reward", "kl/coef", "objective/entropy"]
     last = [m for m in rows if "objective/kl" in m][-5:]

@@ -55,6 +55,7 @@ from typing import Any
 
 from rlhf.errors import TrainingDiverged, ValidationError, WorkbenchError
 from rlhf.ppo_loop import is_shared_value
+from rlhf.stats import win_rate
 from rlhf.reward import PRECISIONS, mixed_precision, reward_model_from
 from rlhf.runs import (
     LossGuard,
@@ -219,7 +220,7 @@ FAST_DEFAULTS: dict[str, Any] = {
     "report_to": [],
     "seed": 0,
 }
-LORA_LEARNING_RATE = 1e-4  # adapters need a larger step than full fine-tuning
+LORA_LEARNING_RATE = 2e-4  # adapters need a larger step than full fine-tuning
 # Fields TRL computes itself from the batch settings (setting them has no effect; refuse them).
 COMPUTED_FIELDS = (
     "world_size",
@@ -703,10 +704,11 @@ def build_ppo_report(reference: list[dict[str, Any]], policy: list[dict[str, Any
     def mean(rows: list[dict[str, Any]], key: str) -> float:
         return sum(r[key] for r in rows) / n
 
-    wins = sum(
+    outcomes = [
         1.0 if p["reward"] > r["reward"] else 0.5 if p["reward"] == r["reward"] else 0.0
         for r, p in zip(reference, policy)
-    )
+    ]
+    wins = sum(outcomes)
     n_tokens = sum(p["length"] for p in policy)
     return {
         "step": step,
@@ -719,6 +721,7 @@ def build_ppo_report(reference: list[dict[str, Any]], policy: list[dict[str, Any
         },
         "reward_gain": mean(policy, "reward") - mean(reference, "reward"),
         "win_rate": wins / n,
+        "win_rate_interval": win_rate(outcomes),  # value, n, 95% Wilson low/high, wins/ties/losses
         "length_change": mean(policy, "length") - mean(reference, "length"),
         "pairs": [
             {

@@ -468,7 +468,11 @@ def test_config_defaults_overrides_and_problems(tmp_path):
     assert args.kl_estimator == "k3" and args.cliprange == 0.1 and args.stop_token == "eos"
     assert args.total_episodes == 5 * 8 and args.num_sample_generations == 0
     assert args.bf16 == hardware_has_bf16()
-    assert build_ppo_config(PPOOptions(lora=True), {}, tmp_path).learning_rate == 1e-4
+    # The defaults: LoRA (its larger step) with a value head on the policy's trunk.
+    assert PPOOptions().lora is True and PPOOptions().value_model == "shared"
+    assert build_ppo_config(PPOOptions(), {}, tmp_path).learning_rate == 2e-4
+    assert build_ppo_config(PPOOptions(lora=False), {}, tmp_path).learning_rate == 1e-5
+    assert PPOOptions(value_model="both").problems() == ["`value_model` must be shared or separate, got 'both'"]
     assert build_ppo_config(PPOOptions(), {"max_steps": 3}, tmp_path).total_episodes == 24  # TRL's field, honoured
     with pytest.raises(ValidationError) as e:
         build_ppo_config(
