@@ -28,6 +28,7 @@ import yaml
 
 from labeling_ui.process_jobs import ProcessJob
 from labeling_ui.reward_inspector import as_number, read_json_file, read_json_objects
+from rlhf.stats import fmt_proportion, proportion, win_rate
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO / "pipelines" / "configs"
@@ -51,6 +52,17 @@ COMPARE_KEYS = (  # the main curves overlaid when two runs are compared
     "eval/response_length",
 )
 TRAIN_KEY = "objective/kl"  # a row holding it is a PPO step (TRL logs it every step)
+TIME_PREFIX = "time/"  # our PPO step's seconds per phase (rlhf.ppo_loop.StepTimer), in the order it runs them:
+PHASES = (
+    "generation",
+    "reference_and_reward",
+    "reward",
+    "advantages",
+    "train_forward",
+    "train_backward",
+    "optimizer",
+    "train_stats",
+)
 LIVE_WINDOW_S = 120.0  # a run without summary.json that wrote within this is taken to be live
 
 # Warning rules (see `kl_warnings` and `length_warnings`).
@@ -518,6 +530,7 @@ def compare_table(runs: Sequence[PPORun]) -> pd.DataFrame:
         ("reward, tuned", lambda r: fmt_number(_get(r.report, "policy", "reward_mean"))),
         ("reward gain", lambda r: fmt_number(_get(r.report, "reward_gain"))),
         ("win rate vs reference", lambda r: _pct(_get(r.report, "win_rate"))),
+        ("win rate, 95% interval", lambda r: fmt_win_rate(report_win_rate(r.report))),
         ("KL to reference (per token)", lambda r: fmt_number(_get(r.report, "policy", "kl_to_ref"))),
         ("length, reference", lambda r: fmt_number(_get(r.report, "reference", "response_length"), 1)),
         ("length, tuned", lambda r: fmt_number(_get(r.report, "policy", "response_length"), 1)),
@@ -542,6 +555,80 @@ def _unique_ids(runs: Sequence[PPORun]) -> list[str]:
 def _pct(v: Any) -> str:
     n = as_number(v)
     return "n/a" if n is None else f"{100 * n:.1f}%"
+
+
+def report_win_rate(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The tuned policy's win rate over the reference {value, n, low, high, wins, ties, losses}:
+    report.json's `win_rate_interval`; for older reports computed from its pairs' rewards (ties count
+    half), else from `win_rate` and `prompts` (no W/T/L then). None without a win rate."""
+    if not report:
+        return None
+    iv = report.get("win_rate_interval")
+    if isinstance(iv, dict) and all(as_number(iv.get(k)) is not None for k in ("value", "n", "low", "high")):
+        return iv
+    outcomes = []
+    for p in report_pairs(report):
+        ref, pol = as_number(p.get("reward_reference")), as_number(p.get("reward_policy"))
+        if ref is None or pol is None:
+            outcomes = []
+            break
+        outcomes.append(1.0 if pol > ref else 0.5 if pol == ref else 0.0)
+    if outcomes:
+        return win_rate(outcomes)
+    rate, n = as_number(report.get("win_rate")), as_number(report.get("prompts"))
+    if rate is None or not n or not 0 <= rate <= 1:
+        return None
+    return proportion(rate * int(n), int(n))
+
+
+def fmt_win_rate(iv: dict[str, Any] | None) -> str:
+    """'1.00 [0.34, 1.00] (n=2) · W/T/L 2/0/0' (without W/T/L when the report lacks them)."""
+    if iv is None:
+        return "n/a"
+    counts = [iv.get(k) for k in ("wins", "ties", "losses")]
+    wtl = f" · W/T/L {'/'.join(str(int(c)) for c in counts)}" if all(as_number(c) is not None for c in counts) else ""
+    return fmt_proportion(iv) + wtl
+
+
+def phase_times(metrics: list[dict[str, Any]]) -> pd.DataFrame:
+    """Where a PPO step's time goes: per `time/<phase>` key of the steps (our PPO loop logs them), the
+    median seconds over the steps, its share of the sum of the medians, and the steps it was logged in.
+    Phases in the order a step runs them (unknown ones after, by name); empty for runs without them."""
+    values: dict[str, list[float]] = {}
+    for m in train_rows(metrics):
+        for k, v in m.items():
+            if k.startswith(TIME_PREFIX) and (x := as_number(v)) is not None:
+                values.setdefault(k[len(TIME_PREFIX) :], []).append(x)
+    columns = ["phase", "median s", "share", "steps"]
+    if not values:
+        return pd.DataFrame(columns=columns)
+    order = sorted(values, key=lambda k: (PHASES.index(k) if k in PHASES else len(PHASES), k))
+    medians = {k: _median(values[k]) for k in order}
+    total = sum(medians.values())
+    rows = [
+        {"phase": k, "median s": medians[k], "share": medians[k] / total if total else None, "steps": len(values[k])}
+        for k in order
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _median(xs: Sequence[float]) -> float:
+    s, n = sorted(xs), len(xs)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def phase_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Horizontal bars of the median seconds per phase, in step order."""
+    return (
+        alt.Chart(frame)
+        .mark_bar(color="#4c78a8")
+        .encode(
+            y=alt.Y("phase:N", sort=None, title=None),
+            x=alt.X("median s:Q", title="median seconds per step"),
+            tooltip=["phase", alt.Tooltip("median s:Q", format=".3f"), alt.Tooltip("share:Q", format=".1%"), "steps"],
+        )
+        .properties(height=alt.Step(24))
+    )
 
 
 def report_pairs(report: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from rlhf.reward import encode_pair_side, score_prefixes, score_sequences
 from rlhf.runs import MetricsLog
+from rlhf.stats import fmt_proportion, learning_verdict, proportion
 
 SLICES = {  # report key -> (title, what a slice is)
     "by_strength": ("By preference strength", "strength"),
@@ -34,6 +35,12 @@ CURVES = {  # chart title -> metrics.jsonl keys drawn on it (TRL's names)
     "Margin (r_chosen - r_rejected)": ("margin", "eval_margin"),
     "Mean reward": ("mean_reward", "eval_mean_reward"),
 }
+MODES = {  # summary.json `mode` -> what was trained
+    "head": "score head only, on the frozen base model's features",
+    "full": "full fine-tune",
+    "lora": "LoRA adapters (merged into model/)",
+}
+VERDICTS = {"learned": "learned", "learned_nothing": "LEARNED NOTHING", "too_small": "too few held-out pairs to tell"}
 
 
 # -- runs on disk ----------------------------------------------------------------------------
@@ -46,6 +53,8 @@ class RunInfo:
     path: Path
     finished: datetime  # when summary.json was written (local time)
     eval_accuracy: float | None = None
+    interval: dict[str, Any] | None = None  # held-out accuracy with n and 95% interval (`accuracy_interval`)
+    learning: str | None = None  # the verdict's status (`learning`), None when unknown
     error: str | None = None  # summary.json unreadable
 
     @property
@@ -53,8 +62,14 @@ class RunInfo:
         return self.path.name
 
     def label(self) -> str:
-        acc = "summary unreadable" if self.error else f"held-out accuracy {pct(self.eval_accuracy)}"
-        return f"{self.id} · {acc} · {self.finished:%Y-%m-%d %H:%M}"
+        if self.error:
+            acc = "summary unreadable"
+        elif self.interval and self.interval.get("value") is not None:
+            acc = f"held-out accuracy {fmt_proportion(self.interval)}"
+        else:
+            acc = f"held-out accuracy {pct(self.eval_accuracy)}"
+        verdict = f" · {VERDICTS[self.learning]}" if self.learning in VERDICTS and self.learning != "learned" else ""
+        return f"{self.id} · {acc}{verdict} · {self.finished:%Y-%m-%d %H:%M}"
 
 
 def list_reward_runs(root: Path) -> list[RunInfo]:
@@ -67,7 +82,11 @@ def list_reward_runs(root: Path) -> list[RunInfo]:
         info = RunInfo(summary_path.parent, finished)
         try:
             summary = read_json_file(summary_path)
-            info.eval_accuracy = as_number(summary.get("eval_accuracy")) if isinstance(summary, dict) else None
+            if isinstance(summary, dict):
+                info.eval_accuracy = as_number(summary.get("eval_accuracy"))
+                if "test_pairs" in summary or "eval_accuracy_interval" in summary:  # else n is unknown
+                    info.interval = accuracy_interval(summary)
+                    info.learning = learning(summary)["status"]
         except ValueError as e:
             info.error = str(e)
         runs.append(info)
@@ -176,6 +195,120 @@ def accuracy_delta(summary: dict[str, Any]) -> str | None:
     return f"{100 * (after - before):+.1f} pts vs before training"
 
 
+def _count(v: Any) -> int:
+    n = as_number(v)
+    return int(n) if n is not None and n >= 0 else 0
+
+
+def _interval(p: Any, accuracy: Any, n: Any) -> dict[str, Any]:
+    """A proportion dict {value, n, low, high}: `p` when it is one, else computed from accuracy and n
+    (runs written before the intervals were recorded)."""
+    if isinstance(p, dict) and all(as_number(p.get(k)) is not None for k in ("value", "low", "high")):
+        return {"value": float(p["value"]), "n": _count(p.get("n")), "low": float(p["low"]), "high": float(p["high"])}
+    acc, count = as_number(accuracy), _count(n)
+    if acc is None or not count or not 0 <= acc <= 1:
+        return proportion(0, 0)
+    return proportion(round(acc * count), count)
+
+
+def accuracy_interval(summary: dict[str, Any]) -> dict[str, Any]:
+    """The held-out accuracy with its n and 95% Wilson interval (summary.json's `eval_accuracy_interval`,
+    or computed from `eval_accuracy` and `test_pairs` for older runs)."""
+    return _interval(summary.get("eval_accuracy_interval"), summary.get("eval_accuracy"), summary.get("test_pairs"))
+
+
+def report_interval(report: dict[str, Any]) -> dict[str, Any]:
+    """An eval report's overall accuracy with n and 95% interval (`accuracy_interval`, or computed)."""
+    return _interval(report.get("accuracy_interval"), report.get("accuracy"), report.get("pairs"))
+
+
+def learning(summary: dict[str, Any]) -> dict[str, str]:
+    """The run's "did it learn" verdict {status, message}: summary.json's `learning`, or for older runs
+    `learning_verdict` of its held-out accuracy, pairs and untrained accuracy."""
+    v = summary.get("learning")
+    if isinstance(v, dict) and isinstance(v.get("status"), str) and isinstance(v.get("message"), str):
+        return {"status": v["status"], "message": v["message"]}
+    acc = as_number(summary.get("eval_accuracy"))
+    return learning_verdict(acc, _count(summary.get("test_pairs")), as_number(summary.get("eval_accuracy_before")))
+
+
+def verdict_banner(verdict: dict[str, str]) -> str:
+    """The red banner's text: '**Learning verdict: LEARNED NOTHING.** The reward model ...'."""
+    words = VERDICTS.get(verdict["status"], verdict["status"])
+    message = verdict["message"]
+    return f"**Learning verdict: {words}.** {message[:1].upper()}{message[1:]}"
+
+
+def held_out_line(summary: dict[str, Any]) -> str:
+    """'Held-out accuracy 0.60 [0.23, 0.88] (n=5), 95% Wilson interval · untrained model 0.40 on the same
+    pairs' (fmt_proportion: the one way the workbench prints a proportion)."""
+    before = as_number(summary.get("eval_accuracy_before"))
+    untrained = "n/a" if before is None else f"{before:.2f}"
+    return (
+        f"Held-out accuracy {fmt_proportion(accuracy_interval(summary))}, 95% Wilson interval · "
+        f"untrained model {untrained} on the same pairs"
+    )
+
+
+def training_line(summary: dict[str, Any]) -> str | None:
+    """What was trained (`mode`) and, for a head run, the features the head reads and why (`head`)."""
+    mode = summary.get("mode")
+    if not isinstance(mode, str):
+        return None
+    parts = [f"Mode: **{mode}** ({MODES[mode]})" if mode in MODES else f"Mode: **{mode}**"]
+    head = summary.get("head")
+    if isinstance(head, dict):
+        parts.append(f"features: **{head_features(head.get('features'))}**")
+        val, n = as_number(head.get("validation_accuracy")), _count(head.get("validation_pairs"))
+        if val is not None:
+            parts.append(f"validation accuracy {fmt_proportion(proportion(round(val * n), n)) if n else f'{val:.2f}'}")
+        cands = head.get("candidates")
+        if isinstance(cands, dict) and cands:
+            parts.append(f"chosen among {len(cands)} feature kinds")
+        for key, name in (("l2", "L2"), ("epochs", "epochs")):
+            if as_number(head.get(key)) is not None:
+                parts.append(f"{name} {head[key]:g}")
+    return " · ".join(parts)
+
+
+def head_features(kind: Any) -> str:
+    """A head's feature kind in words: "last" / "pool<L>" (rlhf.reward_head.sequence_features)."""
+    if kind == "last":
+        return "last token of the final layer"
+    if isinstance(kind, str) and kind.startswith("pool") and kind[4:].isdigit():
+        return f"[mean, max] of layer {kind[4:]} over the response"
+    return str(kind)
+
+
+def candidates_frame(summary: dict[str, Any]) -> pd.DataFrame:
+    """A head run's feature kinds with their validation accuracy (best first; the chosen one marked)."""
+    head = summary.get("head") if isinstance(summary.get("head"), dict) else {}
+    cands = head.get("candidates") if isinstance(head.get("candidates"), dict) else {}
+    rows = [
+        {
+            "features": head_features(k),
+            "validation accuracy": as_number(v),
+            "chosen": k == head.get("features"),
+        }
+        for k, v in cands.items()
+    ]
+    frame = pd.DataFrame(rows, columns=["features", "validation accuracy", "chosen"])
+    return frame.sort_values("validation accuracy", ascending=False, na_position="last", ignore_index=True)
+
+
+def fmt_interval(low: Any, high: Any) -> str:
+    lo, hi = as_number(low), as_number(high)
+    return "n/a" if lo is None or hi is None else f"[{lo:.2f}, {hi:.2f}]"
+
+
+def slice_interval(v: dict[str, Any]) -> str:
+    """A slice's 95% interval as text ('[0.23, 0.88]'): its `low`/`high`, else from accuracy and n."""
+    iv = _interval(
+        {"value": v.get("accuracy"), "low": v.get("low"), "high": v.get("high")}, v.get("accuracy"), v.get("n")
+    )
+    return fmt_interval(iv["low"], iv["high"]) if iv["value"] is not None else "n/a"
+
+
 def dropped_too_long(summary: dict[str, Any]) -> int | None:
     d = summary.get("dropped_too_long")
     if isinstance(d, dict):
@@ -183,25 +316,35 @@ def dropped_too_long(summary: dict[str, Any]) -> int | None:
     return None
 
 
+INTERVAL = "95% interval"
+
+
 def slice_frame(report: dict[str, Any], key: str) -> pd.DataFrame:
-    """One report slice as rows: slice, pairs, accuracy (+ annotator agreement for `by_agreement`)."""
+    """One report slice as rows: slice, pairs, accuracy, 95% interval (+ annotator agreement for
+    `by_agreement`)."""
     rows = []
     for name, v in (report.get(key) or {}).items():
-        row = {"slice": str(name), "pairs": int(as_number(v.get("n")) or 0), "accuracy": as_number(v.get("accuracy"))}
+        row = {
+            "slice": str(name),
+            "pairs": int(as_number(v.get("n")) or 0),
+            "accuracy": as_number(v.get("accuracy")),
+            INTERVAL: slice_interval(v),
+        }
         if key == "by_agreement":
             row["annotator agreement"] = as_number(v.get("annotator_agreement"))
         rows.append(row)
-    columns = ["slice", "pairs", "accuracy"] + (["annotator agreement"] if key == "by_agreement" else [])
+    columns = ["slice", "pairs", "accuracy", INTERVAL] + (["annotator agreement"] if key == "by_agreement" else [])
     return pd.DataFrame(rows, columns=columns)
 
 
 def slices_table(report: dict[str, Any]) -> pd.DataFrame:
-    """Every slice of the report in one long table: group, slice, pairs, accuracy."""
+    """Every slice of the report in one long table: group, slice, pairs, accuracy, 95% interval."""
+    columns = ["group", "slice", "pairs", "accuracy", INTERVAL]
     frames = [slice_frame(report, key).assign(group=label) for key, (_, label) in SLICES.items()]
     frames = [f for f in frames if not f.empty]
     if not frames:
-        return pd.DataFrame(columns=["group", "slice", "pairs", "accuracy"])
-    return pd.concat(frames, ignore_index=True)[["group", "slice", "pairs", "accuracy"]]
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
 
 
 def calibration_frame(report: dict[str, Any]) -> pd.DataFrame:
@@ -236,7 +379,7 @@ def accuracy_chart(frame: pd.DataFrame, overall: float | None) -> alt.Chart:
     base = alt.Chart(frame).encode(
         y=alt.Y("slice:N", title=None, sort=None),
         x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title="accuracy"),
-        tooltip=["slice", "pairs", alt.Tooltip("accuracy:Q", format=".1%")],
+        tooltip=["slice", "pairs", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip(f"{INTERVAL}:N")],
     )
     bars = base.mark_bar(color="#4c78a8")
     counts = base.mark_text(align="left", dx=4, color="gray").encode(text=alt.Text("pairs:Q", format="d"))

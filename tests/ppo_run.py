@@ -32,6 +32,17 @@ STEADY_LENGTH = [10.0, 11.0, 12.0, 13.0]
 RUNAWAY_LENGTH = [10.0, 14.0, 18.0, 19.5]
 
 
+# time/<phase> seconds at steps 1..6, as our PPO loop logs them (rlhf.ppo_loop.StepTimer; TRL's loop and
+# older runs log none). Medians: generation 1.0 (the 9.0 outlier at step 6 does not move it), reward
+# (0.3 + 0.3) / 2 = 0.3, train_backward (0.5 + 0.5) / 2 = 0.5, optimizer 0.1; their sum 1.9.
+TIMES = {
+    "generation": [1.0, 1.0, 1.0, 1.0, 1.0, 9.0],
+    "reward": [0.2, 0.2, 0.3, 0.3, 0.3, 0.3],
+    "train_backward": [0.5, 0.4, 0.6, 0.5, 0.5, 0.5],
+    "optimizer": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
+}
+
+
 def eval_reward(step: int) -> float:
     return 0.1 + 0.1 * step  # 0.1, 0.3, 0.5, 0.7
 
@@ -40,8 +51,11 @@ def sample_reward(step: int, i: int) -> float:
     return round(0.1 * step - 0.5 * i, 3)  # prompt 0: 0, 0.2, 0.4, 0.6; prompt 1: -0.5, -0.3, -0.1, 0.1
 
 
-def metrics_lines(kl: list[float], lengths: list[float], coef0: float = 0.05) -> list[dict[str, Any]]:
-    """Step 0: the reference's evaluation; steps 1..6: TRL's keys + kl/coef; eval keys at 2, 4, 6."""
+def metrics_lines(
+    kl: list[float], lengths: list[float], coef0: float = 0.05, times: dict[str, list[float]] | None = None
+) -> list[dict[str, Any]]:
+    """Step 0: the reference's evaluation; steps 1..6: TRL's keys + kl/coef (+ `time/<phase>` from
+    `times`); eval keys at 2, 4, 6."""
     evals = dict(zip(EVAL_STEPS, lengths))
     lines = [
         {
@@ -70,6 +84,7 @@ def metrics_lines(kl: list[float], lengths: list[float], coef0: float = 0.05) ->
             "val/num_eos_tokens": 2,
             "kl/coef": coef0,
         }
+        row.update({f"time/{phase}": t[step - 1] for phase, t in (times or {}).items()})
         if step in evals:
             row.update(
                 {
@@ -105,8 +120,10 @@ def write_fake_ppo_run(
     finished: bool = True,
     stop: dict[str, Any] | None = None,
     learning_rate: float = 1e-3,
+    times: dict[str, list[float]] | None = None,
 ) -> Path:
-    """A PPO run folder at `run_dir` (steady numbers unless `kl` / `lengths` say otherwise)."""
+    """A PPO run folder at `run_dir` (steady numbers unless `kl` / `lengths` say otherwise; `time/*`
+    metrics from `times`, e.g. TIMES)."""
     kl, lengths = kl or STEADY_KL, lengths or STEADY_LENGTH
     run_dir.mkdir(parents=True)
     write_json(
@@ -124,7 +141,7 @@ def write_fake_ppo_run(
         },
     )
     (run_dir / "metrics.jsonl").write_text(
-        "".join(json.dumps(m) + "\n" for m in metrics_lines(kl, lengths)), encoding="utf-8"
+        "".join(json.dumps(m) + "\n" for m in metrics_lines(kl, lengths, times=times)), encoding="utf-8"
     )
     (run_dir / "samples.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for s in EVAL_STEPS for r in sample_rows(s)), encoding="utf-8"

@@ -120,3 +120,24 @@ def copy_run(template: Path, runs_root: Path, name: str) -> Path:
     """A copy of a run folder under `runs_root` (each test gets its own, to break as it likes)."""
     runs_root.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copytree(template, runs_root / name))
+
+
+# A frozen-backbone ("head") run's `head` block, as `_train_head_run` writes it: the head reads
+# [mean, max] of layer 12, chosen on 20 validation pairs among three feature kinds.
+HEAD = {
+    "features": "pool12",
+    "candidates": {"last": 0.55, "pool8": 0.6, "pool12": 0.7},
+    "l2": 0.01,
+    "epochs": 40,
+    "validation_accuracy": 0.7,
+    "validation_pairs": 20,
+    "seconds": 0.4,
+}
+
+
+def verdict_summary(accuracy: float, pairs: int, before: float | None, **extra) -> dict:
+    """SUMMARY as a newer `train_reward` writes it: the held-out keys (accuracy with n and interval, the
+    untrained accuracy, the learning verdict) from `held_out_summary` itself, for `pairs` held-out pairs."""
+    from rlhf.reward import held_out_summary
+
+    return {**SUMMARY, "test_pairs": pairs, **held_out_summary({"pairs": pairs, "accuracy": accuracy}, before), **extra}

@@ -318,6 +318,24 @@ def show_charts(run: pdash.PPORun) -> None:
             keys = pdash.CHARTS[title]
             st.markdown(f"**{title}**" + (f" · `{keys[0]}`" if len(keys) == 1 else ""))
             st.altair_chart(pdash.curves_chart(frame, pdash.chart_rules(run, keys)), width="stretch")
+    show_phase_times(run)
+
+
+def show_phase_times(run: pdash.PPORun) -> None:
+    times = pdash.phase_times(run.metrics)
+    if times.empty:  # TRL's own loop (value_model: separate) and older runs log no time/* keys
+        return
+    st.markdown("**Where a step's time goes** · `time/*`")
+    left, right = st.columns([3, 2], gap="large")
+    left.altair_chart(pdash.phase_chart(times), width="stretch")
+    right.dataframe(
+        times,
+        hide_index=True,
+        column_config={
+            "median s": st.column_config.NumberColumn(format="%.3f", help="Median over the steps"),
+            "share": st.column_config.NumberColumn(format="percent", help="Of the sum of the medians"),
+        },
+    )
 
 
 def show_samples(run: pdash.PPORun) -> None:
@@ -387,8 +405,14 @@ def show_report(run: pdash.PPORun) -> None:
         pdash.fmt_number(pol.get("reward_mean")),
         f"{pdash.fmt_number(report.get('reward_gain'))} vs reference {pdash.fmt_number(ref.get('reward_mean'))}",
     )
+    wr = pdash.report_win_rate(report)
     c[1].metric(
-        "Win rate vs reference", pdash._pct(report.get("win_rate")), help="By the reward model, ties count half"
+        "Win rate vs reference",
+        pdash._pct(report.get("win_rate")),
+        f"{wr['n']} prompts" if wr else None,
+        "off",
+        delta_arrow="off",
+        help="By the reward model, ties count half",
     )
     c[2].metric("KL to reference", pdash.fmt_number(pol.get("kl_to_ref"), 4), help="Exact, per token")
     c[3].metric(
@@ -396,6 +420,10 @@ def show_report(run: pdash.PPORun) -> None:
         pdash.fmt_number(pol.get("response_length"), 1),
         f"{pdash.fmt_number(report.get('length_change'), 1)} tokens vs reference",
         "off",
+    )
+    st.markdown(
+        f"Win rate vs reference {pdash.fmt_win_rate(wr)}, 95% Wilson interval (by the reward model, ties "
+        "count half; W/T/L: prompts won / tied / lost)"
     )
     pairs = pdash.report_pairs(report)
     st.caption(f"{report.get('prompts', len(pairs))} held-out prompts at step {report.get('step')}")

@@ -16,10 +16,12 @@ from labeling_ui.components import fmt, render_text, require_admin, show_error
 from rlhf.errors import WorkbenchError
 from rlhf.reward import hardware_has_bf16, load_reward_model
 from rlhf.runs import runs_dir
+from rlhf.stats import fmt_proportion
 
 num = ri.as_number  # a finite float or None, whatever the JSON held
 MISRANKED_PER_PAGE = 10
 MAX_RESPONSES = 6
+VERDICT_ICON = ":material/gpp_bad:"  # marks the learning-verdict banner (tests tell it from other errors)
 
 require_admin()
 st.title("Reward model")
@@ -75,6 +77,9 @@ for problem in run.problems:
 
 summary, report = run.summary, run.report
 if summary:
+    verdict = ri.learning(summary)
+    if verdict["status"] != "learned":  # the loudest thing on the page: PPO on this model optimises noise
+        st.error(ri.verdict_banner(verdict), icon=VERDICT_ICON)
     c = st.columns(4)
     c[0].metric(
         "Held-out accuracy",
@@ -104,6 +109,17 @@ if summary:
     c[1].metric("Pairs / s", fmt(num(summary.get("pairs_per_second")), 1), help="Training throughput")
     c[2].metric("Reward mean", fmt(num(summary.get("reward_mean")), 3), help="Over the training responses")
     c[3].metric("Reward std", fmt(num(summary.get("reward_std")), 3), help="PPO normalises rewards with mean and std")
+    st.markdown(ri.held_out_line(summary))
+    if training := ri.training_line(summary):
+        st.markdown(training)
+        candidates = ri.candidates_frame(summary)
+        if not candidates.empty:
+            with st.expander("Feature kinds the head was chosen among"):
+                st.dataframe(
+                    candidates,
+                    hide_index=True,
+                    column_config={"validation accuracy": st.column_config.NumberColumn(format="percent")},
+                )
 
 tab_report, tab_curves, tab_misranked, tab_try = st.tabs(["Report", "Training curves", "Misranked pairs", "Try it"])
 
@@ -117,9 +133,11 @@ with tab_report:
             )
     else:
         overall = num(report.get("accuracy"))
+        acc_iv = ri.report_interval(report)
         st.caption(
-            f"{report.get('pairs', 0)} held-out pairs · accuracy {ri.pct(overall)} (red dashed line) · "
-            "chance 50% (grey dotted) · the number beside each bar is its pairs"
+            f"{report.get('pairs', 0)} held-out pairs · accuracy {ri.pct(overall)} (red dashed line), "
+            f"{fmt_proportion(acc_iv)} with its 95% interval · chance 50% (grey dotted) · the number beside "
+            "each bar is its pairs; the tables below give each slice's interval"
         )
         for i, (key, (title, _)) in enumerate(ri.SLICES.items()):
             if i % 2 == 0:
@@ -135,7 +153,10 @@ with tab_report:
             st.dataframe(
                 ri.slices_table(report),
                 hide_index=True,
-                column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
+                column_config={
+                    "accuracy": st.column_config.NumberColumn(format="percent"),
+                    ri.INTERVAL: st.column_config.TextColumn(help="95% Wilson interval of the accuracy"),
+                },
             )
             agreement = ri.slice_frame(report, "by_agreement")
             if not agreement.empty:
@@ -145,6 +166,7 @@ with tab_report:
                     hide_index=True,
                     column_config={
                         "accuracy": st.column_config.NumberColumn(format="percent"),
+                        ri.INTERVAL: st.column_config.TextColumn(help="95% Wilson interval of the accuracy"),
                         "annotator agreement": st.column_config.NumberColumn(format="percent"),
                     },
                 )
@@ -194,9 +216,10 @@ with tab_report:
             col.metric(
                 f"Accuracy, chosen is {name}",
                 ri.pct(part.get("accuracy")),
-                f"{part.get('n', 0)} pairs",
+                f"{part.get('n', 0)} pairs · 95% {ri.slice_interval(part)}",
                 "off",
                 delta_arrow="off",
+                help="Share of these pairs ranked right, its 95% Wilson interval, and how many pairs",
             )
         st.caption(
             f"{lb.get('equal_length', 0)} pair(s) of equal length left out. A model that mostly counts tokens "

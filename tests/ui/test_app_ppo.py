@@ -20,6 +20,7 @@ from ppo_run import (
     PROMPTS,
     RUNAWAY_KL,
     RUNAWAY_LENGTH,
+    TIMES,
     XSS_PROMPT,
     XSS_RESPONSE,
     write_fake_ppo_run,
@@ -208,6 +209,7 @@ def test_compare_two_runs(tmp_path):
     assert table.loc["reward, tuned"].tolist() == ["0.350", "0.350"]
     assert table.loc["reward gain"].tolist() == ["0.600", "0.600"]
     assert table.loc["win rate vs reference"].tolist() == ["100.0%", "100.0%"]
+    assert table.loc["win rate, 95% interval"].tolist() == ["1.00 [0.34, 1.00] (n=2) · W/T/L 2/0/0"] * 2
     assert table.loc["KL to reference (per token)"].tolist() == ["0.060", "0.060"]
     frame = pdash.compare_frame([a, b])
     assert set(frame["run"]) == {"a", "b"} and set(frame["metric"]) == set(pdash.COMPARE_KEYS)
@@ -386,7 +388,50 @@ def test_admin_sees_a_run_header_charts_and_no_warnings(open_app, seeded, ppo_ro
     assert [t for t in bold if t in pdash.CHARTS] == list(pdash.CHARTS)  # every panel has data, in order
     # The report tab: reference -0.25 -> tuned 0.35, both prompts won, KL 0.06 per token.
     assert m["Held-out reward, tuned"] == ("0.350", "0.600 vs reference -0.250")
-    assert m["Win rate vs reference"][0] == "100.0%" and m["KL to reference"][0] == "0.0600"
+    assert m["Win rate vs reference"] == ("100.0%", "2 prompts") and m["KL to reference"][0] == "0.0600"
+    # Both prompts won: 2/2, Wilson 95% by hand: centre (1 + 0.96) / 2.92073 = 0.67106, half
+    # 0.67106 * sqrt(0 + 3.8415 / 16) = 0.32882 -> [0.3424, 1.0000].
+    assert (
+        "Win rate vs reference 1.00 [0.34, 1.00] (n=2) · W/T/L 2/0/0, 95% Wilson interval (by the reward model, "
+        "ties count half; W/T/L: prompts won / tied / lost)"
+    ) in [md.value for md in at.markdown]
+    assert not any("Where a step's time goes" in md.value for md in at.markdown)  # no time/* metrics logged
+
+
+def test_step_time_by_phase(open_app, seeded, ppo_root, tmp_path):
+    # ppo_run.TIMES: medians generation 1.0, reward 0.3, train_backward 0.5, optimizer 0.1 (sum 1.9),
+    # in the order a step runs them; the metrics' step 0 (the reference's evaluation) has none.
+    times = pdash.phase_times(pdash.load_ppo_run(write_fake_ppo_run(tmp_path / "t", times=TIMES)).metrics)
+    assert times.to_dict("list") == {
+        "phase": ["generation", "reward", "train_backward", "optimizer"],
+        "median s": pytest.approx([1.0, 0.3, 0.5, 0.1]),
+        "share": pytest.approx([1.0 / 1.9, 0.3 / 1.9, 0.5 / 1.9, 0.1 / 1.9]),
+        "steps": [6, 6, 6, 6],
+    }
+    assert pdash.phase_times([{"step": 1, "objective/kl": 1.0}]).empty
+    write_fake_ppo_run(ppo_root / "20260101-000000-timed", times=TIMES)
+    at = _ppo_page(open_app, seeded)
+    assert not at.error
+    assert "**Where a step's time goes** · `time/*`" in [md.value for md in at.markdown]
+    shown = next(d.value for d in at.dataframe if "phase" in d.value.columns)
+    assert list(shown["phase"]) == ["generation", "reward", "train_backward", "optimizer"]
+    assert list(shown["median s"]) == pytest.approx([1.0, 0.3, 0.5, 0.1])
+
+
+def test_win_rate_of_older_reports(tmp_path):
+    report = json.loads((write_fake_ppo_run(tmp_path / "r") / "report.json").read_text())
+    assert pdash.fmt_win_rate(pdash.report_win_rate(report)) == "1.00 [0.34, 1.00] (n=2) · W/T/L 2/0/0"
+    # No `win_rate_interval`: from the pairs' rewards (one tie, one loss -> 0.5 of 2 = 0.25) ...
+    del report["win_rate_interval"]
+    report["pairs"][0]["reward_policy"] = report["pairs"][0]["reward_reference"]
+    report["pairs"][1]["reward_policy"] = report["pairs"][1]["reward_reference"] - 1
+    # 0.5 of 2 by hand: centre (0.25 + 0.9604) / 2.9208 = 0.41441, half 0.67105 * sqrt(0.09375 + 0.2401)
+    # = 0.38773 -> [0.0267, 0.8021]
+    assert pdash.fmt_win_rate(pdash.report_win_rate(report)) == "0.25 [0.03, 0.80] (n=2) · W/T/L 0/1/1"
+    # ... else from win_rate and prompts, without W/T/L; nothing at all: n/a.
+    del report["pairs"]
+    assert pdash.fmt_win_rate(pdash.report_win_rate(report)) == "1.00 [0.34, 1.00] (n=2)"
+    assert pdash.fmt_win_rate(pdash.report_win_rate({})) == "n/a"
 
 
 def test_runaway_run_warns(open_app, seeded, ppo_root):

@@ -7,14 +7,26 @@ import os
 
 import pytest
 from labeling_seed import APP
-from reward_run import ROWS, XSS_PROMPT, copy_run, write_fake_reward_run
+from reward_run import HEAD, ROWS, XSS_PROMPT, copy_run, verdict_summary, write_fake_reward_run
 from streamlit.testing.v1 import AppTest
 
-from labeling_ui.reward_inspector import curves_frame, list_reward_runs, slices_table
+from labeling_ui.reward_inspector import (
+    curves_frame,
+    learning,
+    list_reward_runs,
+    report_interval,
+    slice_interval,
+    slices_table,
+)
 from rlhf.reward import encode_pair_side, load_reward_model, score_prefixes, score_sequences
-from rlhf.runs import read_json
+from rlhf.runs import read_json, write_json
 
 PAGE = "app_pages/reward.py"
+VERDICT_ICON = ":material/gpp_bad:"
+# reward_run.ROWS: 3 of 5 held-out pairs right. Wilson 95% by hand (z = 1.96, z^2 = 3.8415):
+# centre (0.6 + 0.38415) / 1.76829 = 0.55655, half 1.10840 * sqrt(0.048 + 0.038415) = 0.32583
+# -> [0.2307, 0.8824]
+HELD_OUT_TEXT = "0.60 [0.23, 0.88] (n=5)"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +60,16 @@ def _button(at: AppTest, label: str):
     return next(b for b in at.button if b.label == label)
 
 
+def _verdicts(at: AppTest) -> list[str]:
+    """The learning-verdict banners (st.error with the page's VERDICT_ICON)."""
+    return [e.value for e in at.error if e.proto.icon == VERDICT_ICON]
+
+
+def _errors(at: AppTest) -> list[str]:
+    """Every other st.error: problems with files, models and inputs."""
+    return [e.value for e in at.error if e.proto.icon != VERDICT_ICON]
+
+
 def test_annotators_cannot_reach_the_page(open_app, seeded, run):
     annotator = open_app(seeded.annotator_tokens[0])
     with pytest.raises(ValueError, match="Could not find a navigation page"):
@@ -69,7 +91,7 @@ def test_no_runs_says_how_to_create_one(open_app, seeded):
 
 def test_admin_sees_summary_and_report_numbers(open_app, seeded, run):
     at = _reward_page(open_app, seeded)
-    assert not at.error
+    assert _errors(at) == []
     assert at.selectbox(key="rw_run").value == str(run)
     m = _metrics(at)
     # summary.json: 0.6 after, 0.4 before -> +20.0 points; dropped 2 train + 1 test = 3.
@@ -84,23 +106,99 @@ def test_admin_sees_summary_and_report_numbers(open_app, seeded, run):
     assert m["Expected calibration error"][0] == f"{report['calibration']['ece']:.3f}"
     assert m["corr(reward, length)"][0] == f"{report['length_bias']['pearson_reward_length']:+.2f}"
     # ... and by hand (reward_run.ROWS): chosen shorter in pairs 12, 14 (one right), longer in 11, 15 (both).
-    assert m["Accuracy, chosen is shorter"] == ("50.0%", "2 pairs")
-    assert m["Accuracy, chosen is longer"] == ("100.0%", "2 pairs")
-    table = at.dataframe[0].value
-    got = {(g, s): (n, a) for g, s, n, a in table.itertuples(index=False)}
+    # Wilson 95% by hand: 1/2 -> [0.09, 0.91]; 2/2 -> [0.34, 1.00] (as 1/1 [0.21, 1], 0/1 [0, 0.79], 3/3, 2/3).
+    assert m["Accuracy, chosen is shorter"] == ("50.0%", "2 pairs · 95% [0.09, 0.91]")
+    assert m["Accuracy, chosen is longer"] == ("100.0%", "2 pairs · 95% [0.34, 1.00]")
+    table = next(d.value for d in at.dataframe if "group" in d.value.columns)
+    assert list(table.columns) == ["group", "slice", "pairs", "accuracy", "95% interval"]
+    got = {(g, s): (n, a, i) for g, s, n, a, i in table.itertuples(index=False)}
     assert got == {
-        ("strength", "better"): (2, 0.5),
-        ("strength", "negligibly better"): (1, 0.0),
-        ("strength", "significantly better"): (1, 1.0),
-        ("strength", "slightly better"): (1, 1.0),
-        ("category", "advice"): (3, 1.0),
-        ("category", "code"): (2, 0.0),
-        ("agreement", "single"): (2, 0.5),
-        ("agreement", "split"): (1, 0.0),
-        ("agreement", "unanimous"): (2, 1.0),
-        ("chosen side", "A"): (3, pytest.approx(2 / 3)),
-        ("chosen side", "B"): (2, 0.5),
+        ("strength", "better"): (2, 0.5, "[0.09, 0.91]"),
+        ("strength", "negligibly better"): (1, 0.0, "[0.00, 0.79]"),
+        ("strength", "significantly better"): (1, 1.0, "[0.21, 1.00]"),
+        ("strength", "slightly better"): (1, 1.0, "[0.21, 1.00]"),
+        ("category", "advice"): (3, 1.0, "[0.44, 1.00]"),
+        ("category", "code"): (2, 0.0, "[0.00, 0.66]"),
+        ("agreement", "single"): (2, 0.5, "[0.09, 0.91]"),
+        ("agreement", "split"): (1, 0.0, "[0.00, 0.79]"),
+        ("agreement", "unanimous"): (2, 1.0, "[0.34, 1.00]"),
+        ("chosen side", "A"): (3, pytest.approx(2 / 3), "[0.21, 0.94]"),
+        ("chosen side", "B"): (2, 0.5, "[0.09, 0.91]"),
     }
+    # The held-out accuracy with n, its interval and the untrained accuracy; the report's caption too.
+    assert f"Held-out accuracy {HELD_OUT_TEXT}, 95% Wilson interval · untrained model 0.40 on the same pairs" in [
+        md.value for md in at.markdown
+    ]
+    assert any(f"{HELD_OUT_TEXT} with its 95% interval" in c.value for c in at.caption)
+    # summary.json is an old one (no `learning`): the verdict from 5 held-out pairs is "too small", in red.
+    assert _verdicts(at) == [
+        "**Learning verdict: too few held-out pairs to tell.** Held-out split too small to tell: 5 pairs "
+        "(need >= 30); label more pairs or export with a larger --test-fraction"
+    ]
+    assert not any(md.value.startswith("Mode:") for md in at.markdown)  # an old run names no mode
+
+
+def test_a_run_that_learned_nothing_gets_a_red_banner(open_app, seeded, run):
+    # 55 of 100 held-out pairs right, untrained 0.50. Wilson 95% by hand: centre (0.55 + 0.019207) / 1.038415
+    # = 0.54816, half 1.88749 * sqrt(0.002475 + 0.000096) = 0.09571 -> [0.4525, 0.6439]: not above 0.5.
+    write_json(run / "summary.json", verdict_summary(0.55, 100, 0.5, mode="head", head=HEAD))
+    at = _reward_page(open_app, seeded)
+    assert _errors(at) == []
+    [banner] = _verdicts(at)
+    assert banner.startswith(
+        "**Learning verdict: LEARNED NOTHING.** The reward model LEARNED NOTHING measurable: held-out accuracy "
+        "0.55 [0.45, 0.64] (n=100) is not above max(chance, untrained accuracy 0.50)"
+    )
+    assert at.error[0].proto.icon == VERDICT_ICON  # the first error on the page: above everything else
+    text = [md.value for md in at.markdown]
+    assert (
+        "Held-out accuracy 0.55 [0.45, 0.64] (n=100), 95% Wilson interval · untrained model 0.50 on the same pairs"
+        in text
+    )
+    # The head's features and mode; validation 0.7 of 20 pairs = 14/20 -> Wilson [0.48, 0.85].
+    assert (
+        "Mode: **head** (score head only, on the frozen base model's features) · features: **[mean, max] of "
+        "layer 12 over the response** · validation accuracy 0.70 [0.48, 0.85] (n=20) · chosen among 3 feature "
+        "kinds · L2 0.01 · epochs 40"
+    ) in text
+    cands = next(d.value for d in at.dataframe if "chosen" in d.value.columns)
+    assert cands.to_dict("records") == [
+        {"features": "[mean, max] of layer 12 over the response", "validation accuracy": 0.7, "chosen": True},
+        {"features": "[mean, max] of layer 8 over the response", "validation accuracy": 0.6, "chosen": False},
+        {"features": "last token of the final layer", "validation accuracy": 0.55, "chosen": False},
+    ]
+    box = at.selectbox(key="rw_run")
+    assert box.options[0].startswith(f"{run.name} · held-out accuracy 0.55 [0.45, 0.64] (n=100) · LEARNED NOTHING · ")
+
+
+def test_a_run_that_learned_has_no_banner(open_app, seeded, run):
+    # 80 of 100 right, untrained 0.5: Wilson [0.711, 0.867], above 0.5 (tests/test_stats.py has the numbers).
+    write_json(run / "summary.json", verdict_summary(0.8, 100, 0.5, mode="full"))
+    at = _reward_page(open_app, seeded)
+    assert not at.error
+    text = [md.value for md in at.markdown]
+    assert (
+        "Held-out accuracy 0.80 [0.71, 0.87] (n=100), 95% Wilson interval · untrained model 0.50 on the same pairs"
+        in text
+    )
+    assert "Mode: **full** (full fine-tune)" in text
+    assert not any(d.value.columns.tolist() == ["features", "validation accuracy", "chosen"] for d in at.dataframe)
+    assert " · LEARNED" not in at.selectbox(key="rw_run").options[0]
+
+
+def test_old_files_without_intervals_get_them_computed():
+    # Slices and reports written before `low`/`high`: the interval from accuracy and n.
+    assert slice_interval({"n": 2, "accuracy": 0.5}) == "[0.09, 0.91]"
+    assert slice_interval({"n": 2, "accuracy": 0.5, "low": 0.1, "high": 0.9}) == "[0.10, 0.90]"  # as stored
+    assert slice_interval({"n": 0, "accuracy": None}) == "n/a"
+    iv = report_interval({"pairs": 5, "accuracy": 0.6})
+    assert (iv["n"], round(iv["low"], 4), round(iv["high"], 4)) == (5, 0.2307, 0.8824)
+    # The verdict of a summary without `learning`; a stored one wins.
+    assert learning({"eval_accuracy": 0.8, "test_pairs": 100, "eval_accuracy_before": 0.5})["status"] == "learned"
+    assert learning({"eval_accuracy": 0.55, "test_pairs": 100})["status"] == "learned_nothing"
+    assert learning({})["status"] == "too_small"
+    stored = {"status": "learned_nothing", "message": "m"}
+    assert learning({"eval_accuracy": 0.9, "test_pairs": 100, "learning": stored}) == stored
 
 
 def test_misranked_pairs_worst_first_escaped_and_loadable(open_app, seeded, run):
@@ -128,7 +226,7 @@ def test_try_it_scores_equal_score_sequences(open_app, seeded, run):
     for i, r in enumerate(responses):
         at.text_area(key=f"rw_resp_{i}").input(r)
     _button(at, "Score").click().run()
-    assert not at.exception and not at.error
+    assert not at.exception and _errors(at) == []
     shown = next(d.value for d in at.dataframe if "reward" in d.value.columns)
 
     model, tok = load_reward_model(run)
@@ -143,7 +241,7 @@ def test_try_it_scores_equal_score_sequences(open_app, seeded, run):
     # Empty inputs are refused with one message, and the last scores stay.
     at.text_area(key="rw_resp_1").input("  ")
     _button(at, "Score").click().run()
-    assert at.error[0].value == "Cannot score: Response 2 is empty."
+    assert _errors(at) == ["Cannot score: Response 2 is empty."]
     assert list(at.session_state["rw_scored"]["scores"]["reward"]) == want
 
 
@@ -157,7 +255,7 @@ def test_prefix_trace_equals_score_prefixes(open_app, seeded, run):
     trace_form = [s for s in at.selectbox if s.label == "Response"][0]
     trace_form.set_value(0)
     _button(at, "Trace").click().run()
-    assert not at.exception and not at.error
+    assert not at.exception and _errors(at) == []
     shown = next(d.value for d in at.dataframe if "text" in d.value.columns)
 
     model, tok = load_reward_model(run)
@@ -169,7 +267,7 @@ def test_prefix_trace_equals_score_prefixes(open_app, seeded, run):
 def test_run_without_eval_report(open_app, seeded, run):
     (run / "eval_report.json").unlink()
     at = _reward_page(open_app, seeded)
-    assert not at.error
+    assert _errors(at) == []
     assert "no eval_report.json" in at.info[0].value
     assert _metrics(at)["Annotator agreement"][0] == "n/a"
     assert _metrics(at)["Held-out accuracy"][0] == "60.0%"  # summary.json still read
@@ -178,16 +276,14 @@ def test_run_without_eval_report(open_app, seeded, run):
 def test_corrupted_json_is_an_error_not_a_traceback(open_app, seeded, run, template, runs_root):
     (run / "eval_report.json").write_text('{"pairs": 5, "accuracy": ', encoding="utf-8")
     at = _reward_page(open_app, seeded)
-    assert [e.value for e in at.error] == [
-        f"{run.name}: eval_report.json is not valid JSON (Expecting value at line 1, column 26)"
-    ]
+    assert _errors(at) == [f"{run.name}: eval_report.json is not valid JSON (Expecting value at line 1, column 26)"]
     assert _metrics(at)["Held-out accuracy"][0] == "60.0%"
 
     # Valid JSON of the wrong shape: named, and the report left out rather than half drawn.
     (run / "eval_report.json").write_text('{"pairs": 5, "accuracy": 0.6, "by_strength": [1]}', encoding="utf-8")
     at = _reward_page(open_app, seeded)
-    assert at.error[0].value.startswith(f"{run.name}: eval_report.json: lacks by_category, by_agreement, ")
-    assert "`by_strength` should map each slice to {n, accuracy}" in at.error[0].value
+    assert _errors(at)[0].startswith(f"{run.name}: eval_report.json: lacks by_category, by_agreement, ")
+    assert "`by_strength` should map each slice to {n, accuracy}" in _errors(at)[0]
     assert "Expected calibration error" not in _metrics(at)
 
     # A newer run whose summary.json is broken: listed first, marked, and its error shown.
@@ -198,7 +294,8 @@ def test_corrupted_json_is_an_error_not_a_traceback(open_app, seeded, run, templ
     assert not at.exception
     box = at.selectbox(key="rw_run")
     assert box.value == str(broken) and "summary unreadable" in box.options[0]
-    assert "summary.json is not valid JSON" in at.error[0].value
+    assert "summary.json is not valid JSON" in _errors(at)[0]
+    assert _verdicts(at) == []  # no summary, no verdict
 
 
 def test_list_reward_runs_newest_first_and_curves_skip_nan(template, tmp_path):
@@ -209,7 +306,10 @@ def test_list_reward_runs_newest_first_and_curves_skip_nan(template, tmp_path):
     os.utime(newer / "summary.json", (1.8e9, 1.8e9))
     runs = list_reward_runs(root)
     assert [r.id for r in runs] == ["a-newer", "b-older"]
-    assert runs[0].label().startswith("a-newer · held-out accuracy 60.0% · ")
+    # An old summary (no `learning`): the verdict from its 5 held-out pairs, too few to tell.
+    assert (
+        runs[0].label().startswith(f"a-newer · held-out accuracy {HELD_OUT_TEXT} · too few held-out pairs to tell · ")
+    )
     assert list_reward_runs(tmp_path / "absent") == []
     from rlhf.runs import MetricsLog
 
@@ -241,6 +341,6 @@ def test_a_broken_model_is_an_error_not_a_traceback(open_app, seeded, run):
     at.text_area(key="rw_resp_1").input("Go away")
     _button(at, "Score").click().run()
     assert not at.exception
-    assert len(at.error) == 1
-    assert at.error[0].value.startswith(f"Cannot score with the model in {run.name}/model: ")
+    assert len(_errors(at)) == 1
+    assert _errors(at)[0].startswith(f"Cannot score with the model in {run.name}/model: ")
     assert at.session_state["rw_scored"] is None
