@@ -13,7 +13,7 @@ export RLHF_HOME ?= $(CURDIR)/rlhf-data
 export TOKENIZERS_PARALLELISM ?= false
 APP_PORT ?= 8501
 
-.PHONY: setup test test-fast demo app pipeline pipeline-quick bench bench-alignment gpu-check lint browser-deps clean
+.PHONY: setup test test-fast demo app pipeline pipeline-quick bench bench-alignment bench-ppo gpu-check lint browser-deps clean
 
 setup: $(STAMP)
 	@$(VENV)/bin/rlhf init
@@ -67,9 +67,17 @@ pipeline-quick: setup
 # gpu_check.py needs a CUDA GPU: `make gpu-check` there (TORCH_SPEC=torch at setup).
 # alignment.py is skipped too: a full pipeline round per rule on SmolLM2 (~15-20 min each on a CPU);
 # run it with `make bench-alignment` (ARGS="--quick" for a tiny-model smoke run).
+# ppo.py's defaults (6 steps x 2 runs a side + the evaluation-overhead runs) take well over 15 min
+# with SmolLM2 on a 2-core CPU: `make bench` runs it shorter, `make bench-ppo` in full.
+BENCH_PPO_SHORT := --steps 4 --repeats 1
 bench: setup
 	@for b in benchmarks/*.py; do case $$b in benchmarks/gpu_check.py|benchmarks/alignment.py) continue;; esac; \
-		echo "== $$b"; $(PY) $$b || exit 1; done
+		args=; [ $$b = benchmarks/ppo.py ] && args="$(BENCH_PPO_SHORT)"; \
+		echo "== $$b $$args"; $(PY) $$b $$args || exit 1; done
+
+# PPO cost per episode, ours vs plain TRL on the same work (benchmarks/ppo.py), e.g. ARGS="--quick".
+bench-ppo: setup
+	$(PY) benchmarks/ppo.py $(ARGS)
 
 # Does the loop learn what the labels say? Per simulated-annotator rule: labels -> reward model -> PPO,
 # judged on held-out prompts (targets and options: benchmarks/alignment.py), e.g.
