@@ -54,8 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import TrainingDiverged, ValidationError, WorkbenchError
-from rlhf.ppo_loop import is_shared_value
-from rlhf.stats import win_rate
+from rlhf.ppo_loop import is_shared_value, merged_adapters
 from rlhf.reward import PRECISIONS, mixed_precision, reward_model_from
 from rlhf.runs import (
     LossGuard,
@@ -71,6 +70,7 @@ from rlhf.runs import (
 )
 from rlhf.runs import load_weights as _load_weights
 from rlhf.runs import read_weights as _read_weights
+from rlhf.stats import win_rate
 
 log = logging.getLogger(__name__)
 
@@ -654,7 +654,10 @@ class Evaluator:
                 query = _left_pad(self.queries[start : start + bs], pad).to(trainer.accelerator.device)
                 ctx = query.shape[1]
                 with torch.no_grad():
-                    with _seeded(self.seed + start), ref_ctx() if reference else nullcontext():
+                    with (
+                        _seeded(self.seed + start),
+                        ref_ctx() if reference else merged_adapters(policy),
+                    ):
                         query_response, _ = batch_generation(
                             ref if reference else policy, query, query.shape[0], pad, gen
                         )

@@ -23,7 +23,8 @@ Runs on one process; a multi-process launch uses TRL's loop (the shared value he
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 INVALID_LOGPROB = 1.0  # what TRL fills padding log-probs with (so padding's KL is 0)
@@ -167,6 +168,26 @@ def torch_masked(ids: Any, mask: Any) -> Any:
     return torch.masked_fill(ids, mask == 0, 0)
 
 
+@contextmanager
+def merged_adapters(model: Any) -> Iterator[None]:
+    """LoRA adapters merged into the base weights inside (generation then runs plain matmuls: ~1.5x
+    faster per token than through the adapters), unmerged after. Outside the block the weights
+    differ from the unmerged ones by float rounding only. A model without adapters: no-op."""
+    tuner = getattr(model, "base_model", None)
+    if not hasattr(tuner, "merge_adapter"):
+        yield
+        return
+    import torch
+
+    with torch.no_grad():
+        tuner.merge_adapter()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            tuner.unmerge_adapter()
+
+
 class StepTimer:
     """Seconds per phase of the current step (metrics `time/<phase>`)."""
 
@@ -239,9 +260,12 @@ def train(trainer: Any) -> None:
         ctx = queries.shape[1]
         with torch.no_grad():
             # 1) rollout: sample, keeping the scores (old log-probs) and last hidden states (old values).
-            with unwrap_model_for_generation(
-                model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation, generation_kwargs=gen_kwargs
-            ) as unwrapped:
+            with (
+                unwrap_model_for_generation(
+                    model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation, generation_kwargs=gen_kwargs
+                ) as unwrapped,
+                merged_adapters(unwrapped.policy),
+            ):
                 qmask = (queries != pad).long()
                 out = unwrapped.policy.generate(
                     input_ids=torch_masked(queries, qmask),

@@ -757,3 +757,30 @@ def test_smollm2_lora_two_steps(home, tmp_path, store):
     assert len(steps) == 2 and all(TRL_KEYS <= m.keys() and math.isfinite(m["objective/kl"]) for m in steps)
     rep = read_json(run / "report.json")
     assert rep["prompts"] == 4 and all(p["policy"] is not None for p in rep["pairs"])
+
+
+def test_merged_adapters_give_the_same_logits_and_restore_the_weights(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.ppo_loop import merged_adapters
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0),
+    ).eval()
+    with torch.no_grad():  # a non-trivial adapter (LoRA's B starts at zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with merged_adapters(model):
+            merged = model(input_ids=ids).logits
+    assert torch.allclose(plain, merged, atol=1e-5)
+    after = model.state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
