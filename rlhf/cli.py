@@ -38,6 +38,11 @@ inspect_app = typer.Typer(help="Inspect training runs.", no_args_is_help=True)
 app.add_typer(inspect_app, name="inspect")
 pipeline_app = typer.Typer(help="Run whole RLHF rounds from one YAML.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
+human_eval_app = typer.Typer(
+    help="Human evaluation of a PPO run: people judge its held-out responses against the reference's.",
+    no_args_is_help=True,
+)
+app.add_typer(human_eval_app, name="human-eval")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -538,6 +543,63 @@ def inspect_ppo(run: str = typer.Argument("latest", help="Run folder or id under
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# -- human evaluation ------------------------------------------------------------------------
+
+
+@human_eval_app.command("queue")
+def human_eval_queue(
+    run: str = typer.Argument("latest", help="PPO run folder or id under runs/ppo/ (`latest`)."),
+    limit: int | None = typer.Option(None, help="Only the first N held-out prompts (default: all)."),
+    labels: int = typer.Option(1, "--labels", help="Labels each comparison needs."),
+    seed: int = typer.Option(0, help="Seed of the (per prompt) side the tuned policy's response takes."),
+) -> None:
+    """Queue the run's held-out prompts (reference vs tuned policy, blind) in the annotators' queue."""
+    from rlhf.human_eval import queue_human_evaluation
+    from rlhf.runs import resolve_run
+
+    c = queue_human_evaluation(_store(), resolve_run("ppo", run), limit=limit, required_labels=labels, seed=seed)
+    out.print(
+        f"run {c['run_id']}: queued {c['queued']} comparisons ({c['required_labels']} label(s) each) from "
+        f"{c['considered']} of {c['pairs']} held-out prompts; {c['already_queued']} already queued, "
+        f"{c['identical_skipped']} skipped (identical responses), {c['prompts_added']} prompts added"
+    )
+
+
+@human_eval_app.command("results")
+def human_eval_results(
+    run: str = typer.Argument("latest", help="PPO run folder or id under runs/ppo/ (`latest`)."),
+) -> None:
+    """The tuned policy's win rate by people (ties count half), with n, 95% interval and W/T/L."""
+    from rlhf.human_eval import evaluation_source, human_evaluation_results
+    from rlhf.runs import resolve_run
+    from rlhf.stats import fmt_proportion
+
+    store = _store()
+    try:
+        run_id = resolve_run("ppo", run).name
+    except WorkbenchError:
+        # The run folder may be gone while its labels stay in the store.
+        if "/" in run or not store.comparison_counts(evaluation_source(run))["comparisons"]:
+            raise
+        run_id = run
+    r = human_evaluation_results(store, run_id)
+    if not r["comparisons"]:
+        raise WorkbenchError(f"run {run_id} has no human evaluation queued; run `rlhf human-eval queue {run_id}`")
+
+    def wtl(w: dict[str, Any]) -> str:
+        return f"W/T/L {w['wins']}/{w['ties']}/{w['losses']}"
+
+    wr = r["win_rate"]
+    out.print(
+        f"run {run_id}: win rate of the tuned policy by people {fmt_proportion(wr)}, {wtl(wr)} "
+        f"(95% Wilson interval; n = labels; {r['note']}; {r['both_bad']} both bad)"
+    )
+    out.print(f"comparisons: {r['comparisons']}, waiting for labels: {r['pending']}")
+    if r["by_annotator"]:
+        rows = [[escape(name), fmt_proportion(w), wtl(w)] for name, w in r["by_annotator"].items()]
+        out.print(_table("per annotator", ["annotator", "win rate [95% interval] (n)", "W/T/L"], rows))
 
 
 # -- pipeline --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Export writes `<out_dir>/` = a `datasets.DatasetDict` (train, and test when non-
 preference columns (`prompt`, `chosen`, `rejected`, `margin`) plus provenance columns, and
 `manifest.json` tracing it back to the store snapshot (label count, max label id, labels hash) with
 a hash of the exported rows. The folder is built beside the target and renamed into place.
+Human-evaluation comparisons (source `evaluation:<run>`, `rlhf.human_eval`) are never exported.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased, joinedload, selectinload
 
 from rlhf import __version__
 from rlhf.errors import ValidationError, WorkbenchError
+from rlhf.human_eval import SOURCE_PREFIX as EVALUATION_PREFIX
 from rlhf.schema import SPLITS, Annotator, Comparison, Completion, Label, Prompt
 from rlhf.store import PromptRecord, Store, _chunks, content_hash
 
@@ -995,7 +997,9 @@ def export_preferences(
     _check_out_dir(out_dir, force)
     store.require_ready()
 
-    # 1) read the snapshot: comparisons in scope with their prompts, completions and labels
+    # 1) read the snapshot: comparisons in scope with their prompts, completions and labels.
+    # Human-evaluation comparisons (source "evaluation:<run>", rlhf.human_eval) are never training data.
+    evaluation = Comparison.source.like(f"{EVALUATION_PREFIX}%")
     with store.session() as s:
         q = (
             select(Comparison)
@@ -1005,11 +1009,15 @@ def export_preferences(
                 joinedload(Comparison.completion_b),
                 selectinload(Comparison.labels),
             )
+            .where(or_(Comparison.source.is_(None), ~evaluation))
             .order_by(Comparison.id)
         )
+        excluded = select(func.count()).select_from(Comparison).where(evaluation)
         if options.rounds is not None:
             q = q.where(Comparison.round.in_(list(options.rounds)))
+            excluded = excluded.where(Comparison.round.in_(list(options.rounds)))
         comparisons = list(s.scalars(q).unique())
+        n_evaluation = int(s.scalar(excluded) or 0)
         snapshot = _label_snapshot(s)
 
     # 2) aggregate each comparison's submitted labels into one pair, or a drop reason
@@ -1068,6 +1076,7 @@ def export_preferences(
         "columns": list(all_rows[0]),
         "rows_sha256": rows_sha256(all_rows),
         "input": snapshot,
+        "excluded_evaluation_comparisons": n_evaluation,  # human evaluation, never training data
     }
     _write_dataset(out_dir, {k: v for k, v in rows.items() if v}, fmt, options, manifest, force)
     log.info(

@@ -92,6 +92,28 @@ class CompletionRecord:
     finish_reason: str | None = None
 
 
+@dataclass
+class EvaluationPair:
+    """One held-out prompt of a human evaluation: the reference's and the tuned policy's response,
+    and the side (stored letter A or B) the policy's response takes."""
+
+    prompt: str | list[dict[str, str]]
+    reference: CompletionRecord
+    policy: CompletionRecord
+    policy_side: str
+
+
+@dataclass
+class EvaluationLabel:
+    """One submitted label on a human-evaluation comparison."""
+
+    comparison_id: int
+    annotator_id: int
+    annotator: str
+    choice: str  # A | B | tie | both_bad (stored letters)
+    policy_side: str  # the stored letter of the tuned policy's completion
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL: readers never block the writer; NORMAL sync is durable against a killed process.
@@ -404,6 +426,109 @@ class Store:
             q = q.limit(limit)
         with self.session() as s:
             return list(s.scalars(q))
+
+    # -- human evaluation (rlhf/human_eval.py) ----------------------------------------------
+
+    def add_evaluation_pairs(
+        self, pairs: Sequence[EvaluationPair], source: str, required_labels: int, prompt_source: str | None = None
+    ) -> dict[str, int]:
+        """One comparison per prompt (the reference's response against the tuned policy's), tagged
+        `source`, in one transaction. Idempotent: a prompt that already holds a comparison with this
+        `source` is passed over. Missing prompts are added (split "test": they are held out), and
+        a completion already stored for the prompt with the same model and text is reused.
+
+        Returns {"queued", "already_queued", "prompts_added"}."""
+        problems = []
+        if isinstance(required_labels, bool) or not isinstance(required_labels, int) or required_labels < 1:
+            problems.append(f"`required_labels` must be a whole number >= 1, got {required_labels!r}")
+        for i, pair in enumerate(pairs):
+            if pair.policy_side not in ("A", "B"):
+                problems.append(f"pair {i + 1}: `policy_side` must be 'A' or 'B', got {pair.policy_side!r}")
+            if pair.reference.text.strip() == pair.policy.text.strip():
+                problems.append(f"pair {i + 1}: the two responses are identical (nothing to prefer)")
+        if problems:
+            raise ValidationError("evaluation pairs", problems)
+        with self.transaction() as s:
+            records = [PromptRecord(pair.prompt, source=prompt_source, split="test") for pair in pairs]
+            added, _ = self._add_prompts(s, records)
+            hashes = [content_hash(pair.prompt) for pair in pairs]
+            by_hash = {
+                p.content_hash: p
+                for chunk in _chunks(sorted(set(hashes)), 500)
+                for p in s.scalars(select(Prompt).where(Prompt.content_hash.in_(chunk)))
+            }
+            done = set(s.scalars(select(Comparison.prompt_id).where(Comparison.source == source)))
+            queued = already = 0
+            for pair, h in zip(pairs, hashes):
+                prompt = by_hash[h]
+                if prompt.id in done:
+                    already += 1
+                    continue
+                done.add(prompt.id)
+                reference = self._evaluation_completion(s, prompt.id, pair.reference)
+                policy = self._evaluation_completion(s, prompt.id, pair.policy)
+                a, b = (policy, reference) if pair.policy_side == "A" else (reference, policy)
+                s.add(
+                    Comparison(
+                        prompt_id=prompt.id,
+                        completion_a_id=a.id,
+                        completion_b_id=b.id,
+                        required_labels=required_labels,
+                        source=source,
+                    )
+                )
+                queued += 1
+        return {"queued": queued, "already_queued": already, "prompts_added": len(added)}
+
+    @staticmethod
+    def _evaluation_completion(s: Session, prompt_id: int, record: CompletionRecord) -> Completion:
+        row = s.scalar(
+            select(Completion)
+            .where(Completion.prompt_id == prompt_id, Completion.model == record.model, Completion.text == record.text)
+            .order_by(Completion.id)
+            .limit(1)
+        )
+        if row is None:
+            row = Completion(
+                prompt_id=prompt_id,
+                text=record.text,
+                model=record.model,
+                settings=dict(record.settings),
+                seed=record.seed,
+                num_tokens=record.num_tokens,
+                finish_reason=record.finish_reason,
+            )
+            s.add(row)
+            s.flush()
+        return row
+
+    def evaluation_labels(self, source: str, policy_model: str) -> list[EvaluationLabel]:
+        """Every submitted label on the comparisons tagged `source`, with the stored letter (A or B)
+        of the completion made by `policy_model` (discarded labels, i.e. undone ones, are left out)."""
+        q = (
+            select(Label.comparison_id, Label.annotator_id, Annotator.name, Label.choice, Completion.model)
+            .join(Annotator, Annotator.id == Label.annotator_id)
+            .join(Comparison, Comparison.id == Label.comparison_id)
+            .join(Completion, Completion.id == Comparison.completion_a_id)
+            .where(Comparison.source == source, Label.status == "submitted")
+            .order_by(Label.comparison_id, Label.annotator_id)
+        )
+        with self.session() as s:
+            return [
+                EvaluationLabel(cid, aid, name, choice, "A" if model_a == policy_model else "B")
+                for cid, aid, name, choice, model_a in s.execute(q)
+            ]
+
+    def comparison_counts(self, source: str) -> dict[str, int]:
+        """{"comparisons", "pending", "completed"} among the comparisons tagged `source`."""
+        q = select(Comparison.status, func.count()).where(Comparison.source == source).group_by(Comparison.status)
+        with self.session() as s:
+            by_status = {status: int(n) for status, n in s.execute(q)}
+        return {
+            "comparisons": sum(by_status.values()),
+            "pending": by_status.get("pending", 0),
+            "completed": by_status.get("completed", 0),
+        }
 
     # -- labels ---------------------------------------------------------------------------
 
