@@ -636,6 +636,22 @@ def report_pairs(report: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [p for p in pairs if isinstance(p, dict)] if isinstance(pairs, list) else []
 
 
+def human_eval_frame(results: dict[str, Any]) -> pd.DataFrame:
+    """Per annotator (from `rlhf.human_eval.human_evaluation_results`): the tuned policy's win rate by
+    that person, its 95% Wilson interval, the labels and W/T/L."""
+    rows = [
+        {
+            "annotator": name,
+            "win rate": w["value"],
+            "95% interval": f"[{w['low']:.2f}, {w['high']:.2f}]",
+            "labels": w["n"],
+            "W/T/L": f"{w['wins']}/{w['ties']}/{w['losses']}",
+        }
+        for name, w in (results.get("by_annotator") or {}).items()
+    ]
+    return pd.DataFrame(rows, columns=["annotator", "win rate", "95% interval", "labels", "W/T/L"])
+
+
 # -- charts -------------------------------------------------------------------------------------
 
 

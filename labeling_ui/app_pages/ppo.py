@@ -1,6 +1,7 @@
 """PPO runs (admins): start a PPO run in the background and stop it; watch a run live (reward, KL and
 its coefficient, non-score reward, entropy, length, clip fraction) with warnings when KL or length
-runs away; browse the held-out samples by step and one prompt across steps; compare two runs.
+runs away; browse the held-out samples by step and one prompt across steps; compare two runs; queue a
+run's held-out pairs for a blind human evaluation and read the tuned policy's win rate by people.
 
 Runs are `rlhf ppo ...` processes (`labeling_ui.process_jobs`), never work inside this script. Data,
 rules and charts come from `labeling_ui.ppo_dashboard`; this file only lays them out.
@@ -15,9 +16,18 @@ import streamlit as st
 
 from labeling_ui import ppo_dashboard as pdash
 from labeling_ui import reward_inspector as ri
-from labeling_ui.components import job_log, jobs_to_show, render_text, require_admin, show_error, stop_job_then_rerun
+from labeling_ui.components import (
+    get_store,
+    job_log,
+    jobs_to_show,
+    render_text,
+    require_admin,
+    show_error,
+    stop_job_then_rerun,
+)
 from labeling_ui.process_jobs import list_jobs, start_job
 from rlhf.errors import WorkbenchError
+from rlhf.human_eval import TIES_NOTE, human_evaluation_results, queue_human_evaluation
 from rlhf.runs import runs_dir
 
 JOB_REFRESH_S = 2.0  # the jobs panel while a job runs
@@ -443,6 +453,86 @@ def show_report(run: pdash.PPORun) -> None:
                         render_text(str(p.get(key) or ""), raw)
 
 
+def queue_human_eval(run_path: str, limit_key: str, labels_key: str) -> None:
+    """Button callback: the run's first N held-out pairs into the annotators' queue (idempotent)."""
+    try:
+        counts = queue_human_evaluation(
+            get_store(), Path(run_path), limit=int(ss[limit_key]), required_labels=int(ss[labels_key])
+        )
+    except WorkbenchError as e:
+        ss["ppo_human_eval_error"] = str(e)
+        return
+    ss["ppo_human_eval_queued"] = counts
+
+
+def show_human_eval(run: pdash.PPORun) -> None:
+    pairs = pdash.report_pairs(run.report)
+    st.caption(
+        "People compare the reference's and the tuned policy's responses on this run's held-out prompts in the "
+        "normal labeling page, blind (no model names; sides at random). These comparisons are never exported "
+        "as training data."
+    )
+    if not pairs:
+        st.info("No held-out pairs to evaluate: report.json (with its pairs) is written at the end of a run.")
+    else:
+        limit_key, labels_key = f"ppo_human_eval_limit_{run.id}", f"ppo_human_eval_labels_{run.id}"
+        ss.setdefault(limit_key, len(pairs))
+        ss.setdefault(labels_key, int(get_store().get_setting("overlap") or 1))
+        c = st.columns([1, 1, 2], vertical_alignment="bottom")
+        c[0].number_input("Held-out prompts", min_value=1, max_value=len(pairs), step=1, key=limit_key)
+        c[1].number_input("Labels each", min_value=1, step=1, key=labels_key, help="Annotators per comparison")
+        c[2].button(
+            "Queue human evaluation",
+            key="ppo_human_eval_queue",
+            icon=":material/how_to_vote:",
+            on_click=queue_human_eval,
+            args=(str(run.path), limit_key, labels_key),
+            help="Adds nothing for prompts already queued; identical response pairs are skipped",
+        )
+    if error := ss.pop("ppo_human_eval_error", None):
+        st.error(f"Not queued: {error}")
+    if (q := ss.pop("ppo_human_eval_queued", None)) is not None:
+        st.success(
+            f"Queued {q['queued']} comparisons ({q['required_labels']} label(s) each) from {q['considered']} "
+            f"held-out prompts; {q['already_queued']} already queued, {q['identical_skipped']} skipped "
+            "(identical responses)."
+        )
+    try:
+        results = human_evaluation_results(get_store(), run.id)
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    if not results["comparisons"]:
+        st.info("No human evaluation queued for this run yet.")
+        return
+    wr = results["win_rate"]
+    c = st.columns(3)
+    c[0].metric(
+        "Win rate by people",
+        "n/a" if wr["value"] is None else f"{wr['value']:.2f}",
+        f"95% [{wr['low']:.2f}, {wr['high']:.2f}]" if wr["n"] else None,
+        "off",
+        delta_arrow="off",
+        help=f"The tuned policy vs the reference; {TIES_NOTE}",
+    )
+    c[1].metric("Human labels", wr["n"], help="Submitted labels (undone ones do not count)")
+    c[2].metric(
+        "Waiting for labels",
+        results["pending"],
+        help=f"Of {results['comparisons']} evaluation comparisons, these still need labels",
+    )
+    st.markdown(
+        f"Win rate by people {pdash.fmt_win_rate(wr)}, 95% Wilson interval ({TIES_NOTE}; n = labels; W/T/L: "
+        f"labels won / tied / lost; {results['both_bad']} both bad)"
+    )
+    if results["by_annotator"]:
+        st.dataframe(
+            pdash.human_eval_frame(results),
+            hide_index=True,
+            column_config={"win rate": st.column_config.NumberColumn(format="%.2f")},
+        )
+
+
 def show_compare(run: pdash.PPORun) -> None:
     others = [r for r in runs if r.path != run.path]
     if not others:
@@ -485,7 +575,9 @@ def run_view(path: str, was_live: bool) -> None:
         st.warning(w.message, icon=":material/warning:")
     if live:
         st.caption(f"Live: refreshes every {RUN_REFRESH_S:g} s until summary.json appears.")
-    tabs = st.tabs(["Charts", "Samples by step", "One prompt across steps", "Report", "Compare runs", "Config"])
+    tabs = st.tabs(
+        ["Charts", "Samples by step", "One prompt across steps", "Report", "Human evaluation", "Compare runs", "Config"]
+    )
     with tabs[0]:
         show_charts(run)
     with tabs[1]:
@@ -495,8 +587,10 @@ def run_view(path: str, was_live: bool) -> None:
     with tabs[3]:
         show_report(run)
     with tabs[4]:
-        show_compare(run)
+        show_human_eval(run)
     with tabs[5]:
+        show_compare(run)
+    with tabs[6]:
         if run.config:
             st.json(run.config, expanded=1)
         else:
