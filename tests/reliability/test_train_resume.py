@@ -136,7 +136,8 @@ def test_kill_9_during_ppo_then_resume(tiny_model_dir, tmp_path, home):
     at, kill_s = kill_after_checkpoint([*args, "sleep=0.5"], run, complete_checkpoints, "objective/kl")
     logged = [m["step"] for m in step_rows(run, "objective/kl")]
     assert max(logged) > at and not (run / "summary.json").exists()
-    fake = half_written_checkpoint(run, at)  # no workbench_state.json: not complete, skipped
+    # The default PPO trains LoRA adapters: a checkpoint's policy weights are the adapter's.
+    fake = half_written_checkpoint(run, at, "adapter_model.safetensors")  # no workbench_state.json: skipped
     t1 = time.perf_counter()
     run_child(*args, "resume")
     resume_s = time.perf_counter() - t1
