@@ -120,7 +120,7 @@ def apply_set(data: dict[str, Any], assignment: str) -> None:
 def rule_config(base: dict[str, Any], rule: str, noise: float, model: str, sets: list[str]) -> dict[str, Any]:
     """The base YAML with the rule, the noise and the model set, then the --set overrides."""
     data = json.loads(json.dumps(base))  # a deep copy
-    data["name"] = f"align-{rule}".replace("_", "-")
+    data["name"] = "align"  # one pipeline for every rule: its candidates are generated once (see main)
     data.setdefault("generation", {})["model"] = model
     ann = data.setdefault("annotator", {})
     ann["rule"], ann["noise"] = rule, noise

@@ -24,7 +24,7 @@ def test_rule_config_sets_rule_noise_model_then_overrides():
         "/models/x",
         ["generation.limit=96", "reward.trl.learning_rate=1e-4", "ppo.kl_target=null", "new.key=[1, 2]"],
     )
-    assert data["name"] == "align-gives-numbers"
+    assert data["name"] == "align"  # one pipeline (and one set of candidates) for every rule
     assert data["annotator"]["rule"] == "gives_numbers" and data["annotator"]["noise"] == 0.2
     assert data["generation"]["model"] == "/models/x" and data["generation"]["limit"] == 96
     assert data["reward"]["trl"]["learning_rate"] == 1e-4
