@@ -22,14 +22,14 @@ def test_rule_config_sets_rule_noise_model_then_overrides():
         "gives_numbers",
         0.2,
         "/models/x",
-        ["generation.limit=96", "reward.trl.learning_rate=1e-4", "ppo.kl_target=null", "new.key=[1, 2]"],
+        ["generation.limit=48", "reward.trl.learning_rate=1e-4", "ppo.kl_target=null", "new.key=[1, 2]"],
     )
     assert data["name"] == "align"  # one pipeline (and one set of candidates) for every rule
     assert data["annotator"]["rule"] == "gives_numbers" and data["annotator"]["noise"] == 0.2
-    assert data["generation"]["model"] == "/models/x" and data["generation"]["limit"] == 96
+    assert data["generation"]["model"] == "/models/x" and data["generation"]["limit"] == 48
     assert data["reward"]["trl"]["learning_rate"] == 1e-4
     assert data["ppo"]["kl_target"] is None and data["new"]["key"] == [1, 2]
-    assert base["generation"]["limit"] == 64  # the base is not touched
+    assert base["generation"]["limit"] == 96  # the base is not touched
     with pytest.raises(SystemExit):
         alignment.apply_set({}, "no-equals-sign")
     with pytest.raises(SystemExit):
