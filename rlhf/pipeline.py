@@ -30,7 +30,7 @@ and trains on the labels of every round so far.
 
 The SIMULATED annotator (`rlhf/annotators.py`) stands in for people so the loop runs headless
 (`rlhf pipeline run`, `make pipeline`). `annotator.rule` names one of its rules (`annotators.RULES`;
-default `gives_numbers`: an answer holding a number beats one without; also `uses_list`, `addresses_reader`,
+default `addresses_reader`: an answer that speaks to the reader beats one that does not; also `uses_list`,
 `gives_numbers`, and `complete_then_longer`, the old length rule that quick.yaml's random tiny model
 still uses). Each pair (A, B) gets the rule's verdict on the prompt's text and both responses; a
 decisive verdict is flipped with probability `noise`, drawn per comparison from

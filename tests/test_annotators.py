@@ -108,7 +108,7 @@ def test_complete_then_longer_verdicts() -> None:
 
 
 def test_rule_registry() -> None:
-    assert DEFAULT_RULE == "gives_numbers" and DEFAULT_RULE in RULES
+    assert DEFAULT_RULE == "addresses_reader" and DEFAULT_RULE in RULES
     assert set(RULES) == {"uses_list", "addresses_reader", "gives_numbers", "complete_then_longer"}
     assert CONTENT_RULES == ("uses_list", "addresses_reader", "gives_numbers")
     assert {RULES[n].kind for n in CONTENT_RULES} == {"format", "tone", "content"}

@@ -291,7 +291,7 @@ def test_shipped_configs_load(home: Path, name: str) -> None:
     config = load_pipeline_config(CONFIGS / name)
     assert config.annotator.name.startswith("simulated") and config.prompts == "demo"
     # The SmolLM2 rounds label by a content rule; the tiny random model writes no lists: the length rule.
-    rule = "complete_then_longer" if name == "quick.yaml" else "gives_numbers"
+    rule = "complete_then_longer" if name == "quick.yaml" else "addresses_reader"
     assert (config.annotator.rule, config.annotator.noise) == (rule, 0.1)
 
 
@@ -299,7 +299,7 @@ def test_annotator_config_uses_the_annotators_rules() -> None:
     from rlhf import annotators
     from rlhf.pipeline import AnnotatorConfig
 
-    assert AnnotatorConfig().rule == annotators.DEFAULT_RULE == "gives_numbers"
+    assert AnnotatorConfig().rule == annotators.DEFAULT_RULE == "addresses_reader"
     for name in annotators.RULES:
         assert AnnotatorConfig(rule=name).problems() == []
     [problem] = AnnotatorConfig(rule="shorter").problems()
