@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ppo import cpu_name  # benchmarks/ppo.py: one reader of the CPU model for every benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -315,21 +316,6 @@ def run_rule(rule: str, data: dict[str, Any], home: Path) -> dict[str, Any]:
         figures["targets"] = verdicts(figures)
         figures["pass"] = all(v["pass"] for v in figures["targets"].values())
     return figures
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
-
-
-# -- printing ----------------------------------------------------------------------------------
 
 
 def _num(v: Any, digits: int = 3) -> str:

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlhf.ppo_loop import PHASES
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_PROMPTS = ROOT / "rlhf" / "data" / "demo_prompts.jsonl"
 BATCH = 8
@@ -53,16 +55,7 @@ COMMON_TRL = {
 TRL_LEARNING_RATE = 1e-5  # full fine-tune; ours keeps its LoRA default
 MAX_PROMPT_TOKENS = 256  # ours skips longer prompts (PPOOptions.max_prompt_length); TRL gets the same list
 # Phases of a step, ours (`time/*` in metrics.jsonl) and TRL's (timed wrappers), in display order.
-OURS_PHASES = (
-    "generation",
-    "reference_and_reward",
-    "reward",
-    "advantages",
-    "train_forward",
-    "train_backward",
-    "optimizer",
-    "train_stats",
-)
+OURS_PHASES = PHASES
 TRL_PHASES = (
     "generation",
     "reference",

@@ -28,6 +28,7 @@ import yaml
 
 from labeling_ui.process_jobs import ProcessJob
 from labeling_ui.reward_inspector import as_number, read_json_file, read_json_objects
+from rlhf.ppo_loop import PHASES
 from rlhf.stats import fmt_proportion, proportion, win_rate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,17 +53,7 @@ COMPARE_KEYS = (  # the main curves overlaid when two runs are compared
     "eval/response_length",
 )
 TRAIN_KEY = "objective/kl"  # a row holding it is a PPO step (TRL logs it every step)
-TIME_PREFIX = "time/"  # our PPO step's seconds per phase (rlhf.ppo_loop.StepTimer), in the order it runs them:
-PHASES = (
-    "generation",
-    "reference_and_reward",
-    "reward",
-    "advantages",
-    "train_forward",
-    "train_backward",
-    "optimizer",
-    "train_stats",
-)
+TIME_PREFIX = "time/"  # our PPO step's seconds per phase (rlhf.ppo_loop.StepTimer; PHASES is their order)
 LIVE_WINDOW_S = 120.0  # a run without summary.json that wrote within this is taken to be live
 
 # Warning rules (see `kl_warnings` and `length_warnings`).

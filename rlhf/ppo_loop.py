@@ -27,6 +27,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+# The phases of our step, in the order it runs them (metrics `time/<phase>`, see StepTimer).
+PHASES = (
+    "generation",
+    "reference_and_reward",
+    "reward",
+    "advantages",
+    "train_forward",
+    "train_backward",
+    "optimizer",
+    "train_stats",
+)
 INVALID_LOGPROB = 1.0  # what TRL fills padding log-probs with (so padding's KL is 0)
 
 

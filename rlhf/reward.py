@@ -306,20 +306,14 @@ def score_sequences(
     Returns one float per sequence, in the input order."""
     import torch
 
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    from rlhf.reward_head import right_padded_batches
+
     out = [0.0] * len(seqs)
     model.eval()
     device = next(model.parameters()).device
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(device.type, enabled=False)
     with torch.inference_mode(), ctx:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, : len(seqs[i])] = torch.tensor(list(seqs[i]))
-                mask[row, : len(seqs[i])] = 1
+        for _, idx, ids, mask in right_padded_batches(seqs, pad_id, batch_size):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             for row, i in enumerate(idx):
                 out[i] = float(logits[row, 0])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,6 @@ def sequence_features(
 
     blocks = _decoder_layers(backbone)
     layers = [L for L in (layers if layers is not None else pool_layers(len(blocks))) if 1 <= L < len(blocks)]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     device = next(backbone.parameters()).device
     out: dict[str, Any] = {}
     captured: dict[int, dict[str, Any]] = {L: {} for L in layers}
@@ -107,14 +106,7 @@ def sequence_features(
     backbone.eval()
     try:
         with torch.inference_mode(), ctx:
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                width = max(len(seqs[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    ids[row, : len(seqs[i])] = torch.tensor(list(seqs[i]))
-                    mask[row, : len(seqs[i])] = 1
+            for start, idx, ids, mask in right_padded_batches(seqs, pad_id, batch_size):
                 ids, mask = ids.to(device), mask.to(device)
                 h = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
                 feats = {"last": h[torch.arange(len(idx), device=device), mask.sum(1) - 1]}
@@ -127,11 +119,30 @@ def sequence_features(
                         out[k] = torch.zeros((len(seqs), v.shape[1]))
                     out[k][torch.tensor(idx)] = v
                 if progress:
-                    progress(min(start + batch_size, len(order)), len(order))
+                    progress(min(start + batch_size, len(seqs)), len(seqs))
     finally:
         for hd in handles:
             hd.remove()
     return out
+
+
+def right_padded_batches(
+    seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int
+) -> Iterator[tuple[int, list[int], Any, Any]]:
+    """(start, row indices, ids, attention mask) of right-padded batches of `seqs`, sorted by length
+    (less padding); the indices say which input sequence each row is."""
+    import torch
+
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, : len(seqs[i])] = torch.tensor(list(seqs[i]))
+            mask[row, : len(seqs[i])] = 1
+        yield start, idx, ids, mask
 
 
 def _decoder_layers(backbone: Any) -> Any:
