@@ -6,19 +6,27 @@ other only 73-77% of the time (InstructGPT). Because the score is known, the ben
 round report can put the TRUE quality of a policy beside the reward model's opinion of it, and
 "reward up, truth down" (reward hacking) is plain to see.
 
+The content rules are GRADED: a score of 0-3 that counts how much of the wanted property a response
+has (capped at 3, so repeating it endlessly earns nothing more). A binary "has it or not" left 80%
+of SmolLM2's same-prompt pairs tied (both without it) and fewer ties mean more labels that teach;
+the strength of a verdict is the score difference on the Llama 2 scale (1 slightly, 2 better,
+3 significantly better), which the export turns into the margin.
+
 The rules, each of a different kind and none of them length:
 
-  uses_list         format  the answer is laid out as a list: score 1 with two or more lines that
-                            start with a list marker (`-`, `*`, `•`, `1.`, `2)` ...), else 0
-  addresses_reader  tone    the answer speaks to the reader: score 1 if it says you / your /
-                            yours / yourself (whole words, any case), else 0
-  gives_numbers     content the answer is concrete: score 1 if it holds a digit, else 0
+  uses_list         format  the answer is laid out as a list: the number of lines that start with
+                            a list marker (`-`, `*`, `•`, `1.`, `2)` ...), 0 when fewer than two
+                            (one item is no list), capped at 3
+  addresses_reader  tone    the answer speaks to the reader: how often it says you / your / yours /
+                            yourself / yourselves (whole words, any case), capped at 3
+  gives_numbers     content the answer is concrete: how many numbers it holds (`3`, `2024`,
+                            `1,000`, `3.5` and `10:30` are one number each), capped at 3
   complete_then_longer  length (the old default, kept for comparison): a response that ended by
                             itself (EOS) beats one cut off (strength 2); otherwise the longer wins
                             (strength 1); equal length ties
 
-A decisive verdict of the content rules has strength 2 ("better"). The flip of a comparison is
-drawn from `random.Random(f"{seed}:{comparison_id}")`: reproducible, independent of visiting order.
+The flip of a comparison is drawn from `random.Random(f"{seed}:{comparison_id}")`: reproducible,
+independent of visiting order.
 """
 
 from __future__ import annotations
@@ -31,19 +39,21 @@ from typing import Any
 
 _LIST_ITEM = re.compile(r"(?m)^[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+\S")
 _YOU = re.compile(r"\b(?:you|your|yours|yourself|yourselves)\b", re.IGNORECASE)
-_DIGIT = re.compile(r"\d")
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+CAP = 3.0  # the most a graded rule gives: more of the same property earns nothing
 
 
 def _uses_list(prompt: str, response: str, finish: str | None) -> float:
-    return 1.0 if len(_LIST_ITEM.findall(response)) >= 2 else 0.0
+    items = len(_LIST_ITEM.findall(response))
+    return min(float(items), CAP) if items >= 2 else 0.0
 
 
 def _addresses_reader(prompt: str, response: str, finish: str | None) -> float:
-    return 1.0 if _YOU.search(response) else 0.0
+    return min(float(len(_YOU.findall(response))), CAP)
 
 
 def _gives_numbers(prompt: str, response: str, finish: str | None) -> float:
-    return 1.0 if _DIGIT.search(response) else 0.0
+    return min(float(len(_NUMBER.findall(response))), CAP)
 
 
 def _complete_then_longer(prompt: str, response: str, finish: str | None) -> float:
@@ -71,15 +81,15 @@ class Rule:
         winner = "A" if sa > sb else "B"
         if self.name == "complete_then_longer":
             return winner, 2 if (a[1] == "eos") != (b[1] == "eos") else 1
-        return winner, 2
+        return winner, int(min(abs(sa - sb), CAP))  # graded: 1 slightly, 2 better, 3 significantly
 
 
 RULES: dict[str, Rule] = {
     r.name: r
     for r in (
-        Rule("uses_list", "format", "a list (2+ lines starting with -, *, • or 1.) beats prose", _uses_list),
-        Rule("addresses_reader", "tone", "speaking to the reader (you/your) beats impersonal text", _addresses_reader),
-        Rule("gives_numbers", "content", "an answer holding a number beats one without", _gives_numbers),
+        Rule("uses_list", "format", "more list items (2+ lines starting with -, *, • or 1.; up to 3) win", _uses_list),
+        Rule("addresses_reader", "tone", "speaking to the reader more (you/your, up to 3 times) wins", _addresses_reader),
+        Rule("gives_numbers", "content", "more concrete numbers (up to 3) win", _gives_numbers),
         Rule(
             "complete_then_longer",
             "length",

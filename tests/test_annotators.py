@@ -15,13 +15,15 @@ from rlhf.annotators import (
     simulated_label,
 )
 
-LISTS = [
-    "- a\n- b",
-    "1. a\n2) b",
-    "* first\n• second",
-    "Steps:\n  - indented\n  - items\nthat's all",
-    "- a\n\n- b",  # a blank line between items
-    "10. ten\n11. eleven",
+LISTS = [  # (text, score): the number of list items, capped at 3
+    ("- a\n- b", 2.0),
+    ("1. a\n2) b", 2.0),
+    ("* first\n• second", 2.0),
+    ("Steps:\n  - indented\n  - items\nthat's all", 2.0),
+    ("- a\n\n- b", 2.0),  # a blank line between items
+    ("10. ten\n11. eleven", 2.0),
+    ("- a\n- b\n- c", 3.0),
+    ("1. a\n2. b\n3. c\n4. d\n5. e", 3.0),  # capped
 ]
 NOT_LISTS = [
     "- a",  # one item is not a list
@@ -34,9 +36,9 @@ NOT_LISTS = [
 ]
 
 
-@pytest.mark.parametrize("text", LISTS)
-def test_uses_list_true(text: str) -> None:
-    assert RULES["uses_list"].score("prompt", text) == 1.0
+@pytest.mark.parametrize("text, score", LISTS)
+def test_uses_list_counts_items(text: str, score: float) -> None:
+    assert RULES["uses_list"].score("prompt", text) == score
 
 
 @pytest.mark.parametrize("text", NOT_LISTS)
@@ -53,6 +55,9 @@ def test_uses_list_false(text: str) -> None:
         ("Ask yourself why.", 1.0),
         ("Help yourselves", 1.0),
         ("you'll see", 1.0),  # "you" before an apostrophe is a whole word
+        ("If you ask, your friend tells you.", 3.0),
+        ("you, you, you and you", 3.0),  # capped at 3
+        ("You and your", 2.0),
         ("In my youth", 0.0),
         ("the young bayou", 0.0),
         ("One should ask oneself.", 0.0),
@@ -70,6 +75,9 @@ def test_addresses_reader(text: str, score: float) -> None:
         ("in 2024", 1.0),
         ("x1", 1.0),  # a digit anywhere counts
         ("version-0", 1.0),
+        ("1,000 people at 10:30 paid 3.5 each", 3.0),  # separators inside a number: one number each
+        ("1, 2, 3, 4", 3.0),  # capped at 3
+        ("2 cats and 3 dogs", 2.0),
         ("three apples", 0.0),
         ("no numbers here", 0.0),
         ("", 0.0),
@@ -79,20 +87,27 @@ def test_gives_numbers(text: str, score: float) -> None:
     assert RULES["gives_numbers"].score("prompt", text) == score
 
 
-def test_content_rules_decide_with_strength_2_either_side_and_tie_otherwise() -> None:
-    cases = {
-        "uses_list": ("- a\n- b", "a and b"),
-        "addresses_reader": ("you can", "one can"),
-        "gives_numbers": ("2 ways", "two ways"),
+def test_content_rules_strength_is_the_score_difference() -> None:
+    cases = {  # rule: (score 3, score 2, score 1 or the nearest below, score 0)
+        "uses_list": ("- a\n- b\n- c", "- a\n- b", None, "a and b"),
+        "addresses_reader": ("you, your, yours", "you and your", "you can", "one can"),
+        "gives_numbers": ("1, 2 or 3 ways", "2 or 3 ways", "2 ways", "two ways"),
     }
-    for name, (good, bad) in cases.items():
+    for name, (three, two, one, zero) in cases.items():
         rule = RULES[name]
-        assert rule.verdict("p", (good, "eos"), (bad, "eos")) == ("A", 2), name
-        assert rule.verdict("p", (bad, "eos"), (good, "eos")) == ("B", 2), name
+        # 3 vs 0: significantly better (3), either side.
+        assert rule.verdict("p", (three, "eos"), (zero, "eos")) == ("A", 3), name
+        assert rule.verdict("p", (zero, "eos"), (three, "eos")) == ("B", 3), name
+        # 2 vs 0: better (2); 3 vs 2: slightly better (1).
+        assert rule.verdict("p", (two, "eos"), (zero, "eos")) == ("A", 2), name
+        assert rule.verdict("p", (two, "eos"), (three, "eos")) == ("B", 1), name
+        if one is not None:
+            assert rule.verdict("p", (one, "eos"), (zero, "eos")) == ("A", 1), name
+            assert rule.verdict("p", (one, "eos"), (three, "eos")) == ("B", 2), name
         # Length and finish reason do not matter to a content rule.
-        assert rule.verdict("p", (good, "length"), (bad + " and much longer", "eos")) == ("A", 2), name
-        assert rule.verdict("p", (good, "eos"), (good + " too", "eos")) == ("tie", None), name
-        assert rule.verdict("p", (bad, "eos"), (bad, "length")) == ("tie", None), name
+        assert rule.verdict("p", (two, "length"), (zero + " and much longer", "eos")) == ("A", 2), name
+        assert rule.verdict("p", (zero, "eos"), (zero + " too", "eos")) == ("tie", None), name
+        assert rule.verdict("p", (two, "eos"), (two, "length")) == ("tie", None), name
 
 
 def test_complete_then_longer_verdicts() -> None:
