@@ -162,6 +162,12 @@ def generate(
     num_candidates: int = typer.Option(2, "--num-candidates", "-k", help="Responses per prompt."),
     seed: int = typer.Option(0, help="Seed (same prompts, batch size and seed reproduce the samples)."),
     batch_size: int = typer.Option(8, help="Prompts per batch."),
+    system_prompt: list[str] = typer.Option(
+        [],
+        "--system-prompt",
+        help="Repeatable: candidate k is generated under the k-th (mod n) system prompt ('' = the model's "
+        "default); more varied candidates, more decisive pairs. Labels and training see the user's prompt only.",
+    ),
     overlap: int | None = typer.Option(None, help="Labels each new comparison needs (default: store setting)."),
     round: int = typer.Option(0, help="Labeling round recorded on the comparisons."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
@@ -181,6 +187,7 @@ def generate(
         num_candidates=num_candidates,
         seed=seed,
         batch_size=batch_size,
+        system_prompts=list(system_prompt),
     ).validate()
     store = _store()
     with Progress(

@@ -34,6 +34,15 @@ class GenerationSettings:
     num_candidates: int = field(default=2, metadata={"help": "Responses per prompt (K); pairs are formed among them."})
     seed: int = field(default=0, metadata={"help": "Base seed; each batch uses seed and its first prompt id."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per forward pass (x K sequences)."})
+    system_prompts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Candidate k of each prompt is generated under system_prompts[k % n] ('' = the model's "
+            "own default), as UltraFeedback does with its principles: more varied candidates, more "
+            "decisive pairs. The stored prompt stays the user's own, so labels, the reward model and "
+            "PPO never see it. Empty: every candidate from the same context."
+        },
+    )
 
     def problems(self) -> list[str]:
         p = []
@@ -47,10 +56,17 @@ class GenerationSettings:
             p.append(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}")
         if self.num_candidates < 1:
             p.append(f"`num_candidates` must be >= 1, got {self.num_candidates}")
-        if not self.do_sample and self.num_candidates > 1:
-            p.append("greedy decoding (`do_sample` false) gives K identical candidates; sample, or use K = 1")
+        if not self.do_sample and self.num_candidates > 1 and len(set(self.system_prompts or [])) < self.num_candidates:
+            p.append(
+                "greedy decoding (`do_sample` false) gives K identical candidates; sample, use K = 1, or give "
+                "K different `system_prompts`"
+            )
         if self.batch_size < 1:
             p.append(f"`batch_size` must be >= 1, got {self.batch_size}")
+        if not isinstance(self.system_prompts, (list, tuple)) or not all(
+            isinstance(x, str) for x in self.system_prompts
+        ):
+            p.append(f"`system_prompts` must be a list of strings, got {self.system_prompts!r}")
         return p
 
     def validate(self) -> GenerationSettings:
@@ -62,6 +78,7 @@ class GenerationSettings:
         """The settings that shape a response (stored on each completion)."""
         d = dataclasses.asdict(self)
         d.pop("batch_size")
+        d.pop("system_prompts")  # each completion records the one it was generated under
         if not self.do_sample:
             for k in ("temperature", "top_k", "top_p"):
                 d.pop(k)
@@ -75,6 +92,18 @@ class Generated:
     text: str
     num_tokens: int
     finish_reason: str  # "eos" | "length"
+    system_prompt: str | None = None  # the candidate's entry of `system_prompts`, if any
+
+
+def with_system(content: str | list[dict[str, str]], system: str) -> str | list[dict[str, str]]:
+    """The prompt with `system` as its system message ('' leaves it as it is). An existing system
+    message is kept after it."""
+    if not system:
+        return content
+    messages = [{"role": "user", "content": content}] if isinstance(content, str) else list(content)
+    if messages and messages[0].get("role") == "system":
+        return [{"role": "system", "content": f"{system}\n\n{messages[0]['content']}"}, *messages[1:]]
+    return [{"role": "system", "content": system}, *messages]
 
 
 def generate_responses(
@@ -83,13 +112,19 @@ def generate_responses(
     """K responses for each prompt, in one batched `generate` call.
 
     Prompts are formatted with the chat template (chat models), left-padded and, when longer than
-    the context allows, truncated from the left (the end of a prompt matters most)."""
+    the context allows, truncated from the left (the end of a prompt matters most). With
+    `settings.system_prompts`, candidate k of a prompt is generated under system prompt k mod n."""
     import torch
 
     from rlhf.models import format_prompt
 
     settings.validate()
-    texts = [format_prompt(tok, p) for p in prompts]
+    k_cands = settings.num_candidates
+    systems = list(settings.system_prompts)
+    if systems:  # one sequence per (prompt, candidate): each with its own system prompt
+        texts = [format_prompt(tok, with_system(p, systems[k % len(systems)])) for p in prompts for k in range(k_cands)]
+    else:
+        texts = [format_prompt(tok, p) for p in prompts]
     ctx = getattr(model.config, "max_position_embeddings", None) or 2048
     tok.truncation_side = "left"
     enc = tok(
@@ -108,7 +143,7 @@ def generate_responses(
     eos_ids.add(tok.pad_token_id)
     kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_new_tokens,
-        "num_return_sequences": settings.num_candidates,
+        "num_return_sequences": 1 if systems else k_cands,
         "pad_token_id": tok.pad_token_id,
         "eos_token_id": sorted(eos_ids),
         "do_sample": settings.do_sample,
@@ -125,12 +160,17 @@ def generate_responses(
     results: list[list[Generated]] = []
     for i in range(len(prompts)):
         row = []
-        for ids in new[i * settings.num_candidates : (i + 1) * settings.num_candidates]:
+        for k, ids in enumerate(new[i * k_cands : (i + 1) * k_cands]):
             stop = next((j for j, t in enumerate(ids) if t in eos_ids), None)
             kept = ids[:stop] if stop is not None else ids
             text = tok.decode(kept, skip_special_tokens=True).strip()
             row.append(
-                Generated(text, len(kept) + (1 if stop is not None else 0), "eos" if stop is not None else "length")
+                Generated(
+                    text,
+                    len(kept) + (1 if stop is not None else 0),
+                    "eos" if stop is not None else "length",
+                    systems[k % len(systems)] if systems else None,
+                )
             )
         results.append(row)
     return results
@@ -189,7 +229,17 @@ def generate_candidates(
         outs = generate_responses(lm, tok, [p.content for p in batch], settings, seed)
         report.seconds += time.perf_counter() - t0
         for prompt, gens in zip(batch, outs):
-            recs = [CompletionRecord(g.text, model_label, recorded, seed, g.num_tokens, g.finish_reason) for g in gens]
+            recs = [
+                CompletionRecord(
+                    g.text,
+                    model_label,
+                    recorded if g.system_prompt is None else {**recorded, "system_prompt": g.system_prompt},
+                    seed,
+                    g.num_tokens,
+                    g.finish_reason,
+                )
+                for g in gens
+            ]
             n_comp, n_pairs = store.add_candidates(prompt.id, recs, required_labels=required_labels, round=round)
             k = len(recs)
             report.prompts += 1

@@ -205,3 +205,31 @@ def test_pipeline_check_and_quick_run(home, tmp_path, capsys):
     assert Path(out.split("report: ")[1].split()[0]).exists() and "reward model: too_small" in out
     code, _, err = run(capsys, "pipeline", "run", str(configs / "quick.yaml"), "--force")
     assert code == 0 and "running" not in err and "skipped" in err  # second run: nothing to do
+
+
+def test_generate_system_prompts_cycle_over_the_candidates(home, tiny_model_dir, tmp_path, capsys):
+    """`--system-prompt` (repeatable): candidate k of each prompt is generated under the k-th one
+    (mod n), and each completion records the one it had; the stored prompt is the user's own."""
+    from sqlalchemy import select
+
+    from rlhf.schema import Completion, Prompt
+    from rlhf.store import Store
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(2)))
+    run(capsys, "init")
+    run(capsys, "prompts", "import", str(prompts))
+    code, out, err = run(
+        capsys, "generate", "--model", str(tiny_model_dir), "--max-new-tokens", "4", "-k", "3",
+        "--system-prompt", "", "--system-prompt", "Answer as a list.",
+    )  # fmt: skip
+    assert code == 0, err
+    with Store().session() as s:
+        rows = s.execute(select(Completion.prompt_id, Completion.id, Completion.settings).order_by(Completion.id)).all()
+        contents = {p.content for p in s.scalars(select(Prompt))}
+    by_prompt: dict[int, list[str | None]] = {}
+    for pid, _, settings in rows:
+        by_prompt.setdefault(pid, []).append(settings.get("system_prompt"))
+        assert "system_prompts" not in settings
+    assert sorted(by_prompt.values()) == [["", "Answer as a list.", ""]] * 2
+    assert contents == {"Question 0?", "Question 1?"}

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from rlhf import generate as gen
 from rlhf.errors import ValidationError
-from rlhf.generate import Generated, GenerationSettings, generate_candidates, generate_responses
+from rlhf.generate import Generated, GenerationSettings, generate_candidates, generate_responses, with_system
 from rlhf.models import load_causal_lm
 from rlhf.schema import Comparison, Completion
 from rlhf.store import PromptRecord
@@ -112,3 +112,49 @@ def test_progress_is_reported_per_batch(store, tiny_model_dir):
         progress=lambda d, t: seen.append((d, t)),
     )
     assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
+
+
+def test_with_system_adds_or_prepends_a_system_message():
+    assert with_system("Hi", "") == "Hi"
+    assert with_system("Hi", "Use a list.") == [
+        {"role": "system", "content": "Use a list."},
+        {"role": "user", "content": "Hi"},
+    ]
+    chat = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]
+    assert with_system(chat, "Use a list.") == [
+        {"role": "system", "content": "Use a list.\n\nBe kind."},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert chat[0]["content"] == "Be kind."  # the caller's prompt is not changed
+
+
+def test_each_candidate_is_generated_under_its_system_prompt(tiny):
+    model, tok = tiny
+    systems = ["", "Answer as a list.", "Speak to the reader."]
+    s = GenerationSettings(do_sample=False, num_candidates=3, max_new_tokens=10, system_prompts=systems)
+    out = generate_responses(model, tok, PROMPTS, s, seed=0)
+    one = GenerationSettings(do_sample=False, num_candidates=1, max_new_tokens=10)
+    for prompt, row in zip(PROMPTS, out):
+        # Candidate k is exactly the greedy answer to the prompt under system prompt k.
+        alone = [generate_responses(model, tok, [with_system(prompt, x)], one, seed=0)[0][0] for x in systems]
+        assert [g.text for g in row] == [g.text for g in alone]
+        assert [g.system_prompt for g in row] == systems
+    # Candidates beyond the list wrap around: K=4 with 3 system prompts -> 0, 1, 2, 0.
+    s4 = GenerationSettings(num_candidates=4, max_new_tokens=4, system_prompts=systems)
+    assert [g.system_prompt for g in generate_responses(model, tok, PROMPTS[:1], s4, seed=0)[0]] == [*systems, ""]
+    with pytest.raises(ValidationError, match="give K different `system_prompts`"):
+        GenerationSettings(do_sample=False, num_candidates=3, system_prompts=["a", "b", "a"]).validate()
+    with pytest.raises(ValidationError, match="`system_prompts` must be a list of strings"):
+        GenerationSettings(system_prompts=["a", 3]).validate()
+
+
+def test_a_candidates_system_prompt_is_recorded_but_not_stored_in_its_prompt(store, tiny_model_dir):
+    store.add_prompts([PromptRecord("Name a fruit.")])
+    s = GenerationSettings(max_new_tokens=6, num_candidates=2, system_prompts=["", "Answer in French."])
+    generate_candidates(store, str(tiny_model_dir), s)
+    with store.session() as sess:
+        comps = sorted(sess.scalars(select(Completion)).all(), key=lambda c: c.id)
+        assert [c.settings.get("system_prompt") for c in comps] == ["", "Answer in French."]
+        assert all({k: v for k, v in c.settings.items() if k != "system_prompt"} == s.recorded() for c in comps)
+        assert "system_prompts" not in s.recorded()
+        assert {c.prompt.content for c in comps} == {"Name a fruit."}
