@@ -1,7 +1,8 @@
 """PPO fine-tuning of a policy against a reward run: the script form of `rlhf ppo`.
 
 python pipelines/train_ppo.py REWARD_RUN --config pipelines/configs/smollm2_ppo.yaml [--prompts FILE] [--set K=V]
-python pipelines/train_ppo.py REWARD_RUN --resume RUN_DIR   (a killed run goes on from its last checkpoint)
+python pipelines/train_ppo.py REWARD_RUN --resume RUN_DIR   (a killed run goes on from its last checkpoint,
+    with its own saved options unless --config is given)
 accelerate launch --config_file pipelines/accelerate/<name>.yaml pipelines/train_ppo.py REWARD_RUN ...
 """
 
@@ -23,9 +24,14 @@ def main() -> None:
 
     # Heavy imports after parsing, so --help is instant.
     from rlhf.configs import build_options, parse_sets, read_yaml
-    from rlhf.ppo import PPOOptions, ppo_config_fields, train_ppo
+    from rlhf.ppo import PPOOptions, ppo_config_fields, saved_run_config, train_ppo
 
-    config = read_yaml(args.config) if args.config else {}
+    if args.config:
+        config = read_yaml(args.config)
+    elif args.resume:  # as `rlhf ppo --resume`: the run goes on with the options it was started with
+        config, _ = saved_run_config(args.resume)
+    else:
+        config = {}
     sets = parse_sets(args.sets) | ({"resume": True} if args.resume else {})
     options, trl = build_options(PPOOptions, config, sets, ppo_config_fields(), "ppo config")
     run_dir = train_ppo(args.reward_run, options, trl, args.max_steps, args.prompts, None, run_dir=args.resume)

@@ -460,7 +460,7 @@ def ppo_cmd(
 ) -> None:
     """PPO fine-tuning of the policy against a reward model, with KL tracking and control."""
     from rlhf.configs import build_options, parse_sets, read_yaml
-    from rlhf.ppo import PPOOptions, ppo_config_fields, train_ppo
+    from rlhf.ppo import PPOOptions, ppo_config_fields, saved_run_config, train_ppo
     from rlhf.runs import is_main_process, read_json, resolve_run
 
     overrides = parse_sets(sets)
@@ -472,12 +472,11 @@ def ppo_cmd(
     if resume is not None:
         run_dir = resolve_run("ppo", resume)
         overrides["resume"] = True
-        if config is None and (run_dir / "config.json").exists():
-            saved = read_json(run_dir / "config.json")
-            config_data = {**saved.get("options", {}), "trl": saved.get("trl_overrides", {})}
-            reward = reward or saved.get("reward_run")
+        if config is None:
+            config_data, saved_reward = saved_run_config(run_dir)
+            reward = reward or saved_reward
         else:
-            config_data = read_yaml(config) if config else {}
+            config_data = read_yaml(config)
     else:
         config_data = read_yaml(config) if config else {}
     options, trl = build_options(PPOOptions, config_data, overrides, ppo_config_fields(), "PPO config")

@@ -46,6 +46,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -1181,6 +1182,16 @@ def _same_trunk(reward_model: Any, policy: Any) -> bool:
     return a.keys() <= b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
+def saved_run_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """A run's own options and TRL overrides (its config.json) as a config dict, and its reward run:
+    what a resume without a new --config goes on with. ({}, None) for a run without config.json."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return {}, None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return {**saved.get("options", {}), "trl": saved.get("trl_overrides", {})}, saved.get("reward_run")
+
+
 def train_ppo(
     reward_run: Path,
     options: PPOOptions | None = None,
@@ -1288,7 +1299,7 @@ def train_ppo(
             "stop": stop,
             "resumed_from_step": resumed_step,
             "train_seconds": train_s,
-            "seconds_per_step": sorted(step_s)[len(step_s) // 2] if step_s else None,  # median
+            "seconds_per_step": statistics.median(step_s) if step_s else None,
             "first_step_seconds": hooks.step_seconds[0] if hooks.step_seconds else None,
             "precision": run.config["precision"],
             "kl_coef_final": float(trainer.args.kl_coef),

@@ -784,3 +784,15 @@ def test_merged_adapters_give_the_same_logits_and_restore_the_weights(tiny_model
     assert torch.allclose(plain, merged, atol=1e-5)
     after = model.state_dict()
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+
+
+def test_saved_run_config_is_what_a_resume_goes_on_with(tmp_path):
+    """`rlhf ppo --resume` and `pipelines/train_ppo.py --resume` both read the run's own options."""
+    from rlhf.ppo import saved_run_config
+
+    assert saved_run_config(tmp_path) == ({}, None)
+    (tmp_path / "config.json").write_text(
+        json.dumps({"options": {"lora": True, "kl_target": 3.0}, "trl_overrides": {"learning_rate": 5e-4},
+                    "reward_run": "/r/1"})
+    )  # fmt: skip
+    assert saved_run_config(tmp_path) == ({"lora": True, "kl_target": 3.0, "trl": {"learning_rate": 5e-4}}, "/r/1")
