@@ -88,7 +88,7 @@ RULES: dict[str, Rule] = {
     r.name: r
     for r in (
         Rule("uses_list", "format", "more list items (2+ lines starting with -, *, • or 1.; up to 3) win", _uses_list),
-        Rule("addresses_reader", "tone", "speaking to the reader more (you/your, up to 3 times) wins", _addresses_reader),
+        Rule("addresses_reader", "tone", "saying you/your more often (up to 3 times) wins", _addresses_reader),
         Rule("gives_numbers", "content", "more concrete numbers (up to 3) win", _gives_numbers),
         Rule(
             "complete_then_longer",
