@@ -49,13 +49,13 @@ import os
 import statistics
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlhf.errors import TrainingDiverged, ValidationError, WorkbenchError
-from rlhf.ppo_loop import is_shared_value, merged_adapters
+from rlhf.ppo_loop import is_shared_value, merged_adapters, reference_parts, reference_pass
 from rlhf.reward import PRECISIONS, mixed_precision, reward_model_from
 from rlhf.runs import (
     LossGuard,
@@ -633,7 +633,7 @@ class Evaluator:
         from transformers import GenerationConfig
 
         _trl_ppo()
-        from trl.experimental.ppo.ppo_trainer import batch_generation, forward, truncate_response
+        from trl.experimental.ppo.ppo_trainer import batch_generation, truncate_response
         from trl.experimental.utils import first_true_indices, get_reward
         from trl.models.utils import unwrap_model_for_generation
 
@@ -648,33 +648,38 @@ class Evaluator:
             trainer.model, trainer.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
         ) as unwrapped:
             policy = unwrapped.policy
-            ref_ctx = trainer.null_ref_context if trainer.ref_model is None else nullcontext
-            ref = policy if trainer.ref_model is None else trainer.ref_model
+            ref_trunk, ref_head, ref_ctx, fused = reference_parts(trainer, policy)
             bs = args.per_device_eval_batch_size
             for start in range(0, len(self.queries), bs):
                 query = _left_pad(self.queries[start : start + bs], pad).to(trainer.accelerator.device)
                 ctx = query.shape[1]
                 with torch.no_grad():
+                    # The policy's logits come with its samples (divided by the temperature, as the
+                    # generation config samples them); one reference pass gives the reference's
+                    # logits at the response positions and, when fused, the reward too.
                     with (
                         _seeded(self.seed + start),
                         ref_ctx() if reference else merged_adapters(policy),
                     ):
-                        query_response, _ = batch_generation(
-                            ref if reference else policy, query, query.shape[0], pad, gen
+                        query_response, p_logits = batch_generation(
+                            (trainer.ref_model or policy) if reference else policy, query, query.shape[0], pad, gen
                         )
                     response = query_response[:, ctx:]
                     post = truncate_response(stop_id, pad, response) if stop_id is not None else response
+                    post_qr = torch.cat((query, post), 1)
                     last = first_true_indices(post == pad) - 1  # index of the last response token
                     valid = torch.arange(post.shape[1], device=post.device)[None, :] <= last[:, None]
+                    with ref_ctx():
+                        r_logits, score = reference_pass(
+                            ref_trunk, ref_head, fused, post_qr, query_response, ctx, pad, tok.eos_token_id, temp
+                        )
                     if reference:
                         kl = torch.zeros(post.shape, device=post.device)
                     else:
-                        p_logits = forward(policy, query_response, pad).logits[:, ctx - 1 : -1] / temp
-                        with ref_ctx():
-                            r_logits = forward(ref, query_response, pad).logits[:, ctx - 1 : -1] / temp
                         kl = token_kl(p_logits, r_logits)
-                        del p_logits, r_logits
-                    _, score, _ = get_reward(trainer.reward_model, torch.cat((query, post), 1), pad, ctx)
+                    del p_logits, r_logits
+                    if score is None:
+                        _, score, _ = get_reward(trainer.reward_model, post_qr, pad, ctx)
                 for i in range(post.shape[0]):
                     n = int(valid[i].sum())
                     rows.append(

@@ -199,6 +199,60 @@ def merged_adapters(model: Any) -> Iterator[None]:
             tuner.unmerge_adapter()
 
 
+def reference_parts(trainer: Any, policy: Any) -> tuple[Any, Any, Any, Any]:
+    """(reference trunk, its lm_head, the context that makes it the reference, the fused reward or
+    None) of a PPO trainer whose (unwrapped) policy is `policy`: the adapter-off policy with LoRA,
+    else TRL's frozen copy. The fused reward is (score module, end-of-turn suffix, layer) when the
+    reward model is a frozen-backbone head on the reference's own weights."""
+    ref_model = trainer.ref_model
+    ref_trunk, ref_head = _lm_parts(ref_model if ref_model is not None else policy)
+    ref_ctx = trainer.null_ref_context if ref_model is None else _nullcontext
+    return ref_trunk, ref_head, ref_ctx, getattr(trainer, "fused_reward", None)
+
+
+def reference_pass(
+    ref_trunk: Any,
+    ref_head: Any,
+    fused: Any,
+    post_qr: Any,
+    query_responses: Any,
+    ctx: int,
+    pad: int,
+    eos: int,
+    temp: float,
+) -> tuple[Any, Any]:
+    """One reference forward over [query][response] rows: (reference logits / temp at the response
+    positions only, [B, R, V] fp32; the reward of each row when `fused`, else None). `post_qr` is the
+    same rows truncated after the stop token (what the reward reads); `query_responses` untruncated
+    (what the log-probs are of). Run it inside the reference context."""
+    import torch
+
+    r_len = query_responses.shape[1] - ctx
+    if fused is None:
+        h = _trunk_hidden(ref_trunk, query_responses, pad)
+        return ref_head(h[:, ctx - 1 : -1]).float() / temp, None
+    head, suffix, layer = fused
+    ids, mask, pos, read = append_end_of_turn(post_qr, post_qr != pad, eos, suffix)
+    store: dict[str, Any] = {}
+    if layer is not None:  # a pooled reward head reads layer L of this same pass
+        from rlhf.reward_head import _decoder_layers, layer_output_hook
+
+        handle = layer_output_hook(_decoder_layers(ref_trunk), layer - 1, store)
+    try:
+        h = ref_trunk(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    finally:
+        if layer is not None:
+            handle.remove()
+    ref_logits = ref_head(h[:, ctx - 1 : ctx - 1 + r_len]).float() / temp
+    if layer is None:
+        feats = h[torch.arange(h.shape[0], device=h.device), read]
+    else:
+        from rlhf.reward_head import pool
+
+        feats = pool(store.pop("h"), mask, torch.full_like(read, ctx))
+    return ref_logits, head(feats.to(h.dtype)).squeeze(-1).float()
+
+
 class StepTimer:
     """Seconds per phase of the current step (metrics `time/<phase>`)."""
 
@@ -229,10 +283,7 @@ def train(trainer: Any) -> None:
     wrapper = acc.unwrap_model(trainer.model)
     policy, value = wrapper.policy, wrapper.value_model
     trunk, lm_head = _lm_parts(policy)
-    ref_model = trainer.ref_model
-    ref_trunk, ref_head = _lm_parts(ref_model) if ref_model is not None else (trunk, lm_head)
-    ref_ctx = trainer.null_ref_context if ref_model is None else _nullcontext
-    fused = getattr(trainer, "fused_reward", None)  # (score module, end-of-turn suffix) or None
+    ref_trunk, ref_head, ref_ctx, fused = reference_parts(trainer, policy)
     temp = args.temperature + 1e-7
     gen_kwargs = {
         "max_new_tokens": args.response_length,
@@ -302,34 +353,9 @@ def train(trainer: Any) -> None:
             r_len = responses.shape[1]
             # 2) reference log-probs, and the reward from the same pass when the reward model allows.
             with ref_ctx():
-                if fused is not None:
-                    head, suffix, layer = fused
-                    ids, mask, pos, read = append_end_of_turn(post_qr, post_qr != pad, eos, suffix)
-                    store: dict[str, Any] = {}
-                    if layer is not None:  # a pooled reward head reads layer L of this same pass
-                        from rlhf.reward_head import _decoder_layers, layer_output_hook
-
-                        handle = layer_output_hook(_decoder_layers(ref_trunk), layer - 1, store)
-                    try:
-                        h = ref_trunk(
-                            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
-                        ).last_hidden_state
-                    finally:
-                        if layer is not None:
-                            handle.remove()
-                    ref_logits = ref_head(h[:, ctx - 1 : ctx - 1 + r_len]).float() / temp
-                    if layer is None:
-                        feats = h[torch.arange(h.shape[0], device=device), read]
-                    else:
-                        from rlhf.reward_head import pool
-
-                        feats = pool(store.pop("h"), mask, torch.full_like(read, ctx))
-                    scores = head(feats.to(h.dtype)).squeeze(-1).float()
-                    del h, feats
-                else:
-                    h = _trunk_hidden(ref_trunk, query_responses, pad)
-                    ref_logits = ref_head(h[:, ctx - 1 : -1]).float() / temp
-                    del h
+                ref_logits, scores = reference_pass(
+                    ref_trunk, ref_head, fused, post_qr, query_responses, ctx, pad, eos, temp
+                )
             ref_logprobs = selective_log_softmax(ref_logits, responses)
             del ref_logits
             timer.lap("reference_and_reward")

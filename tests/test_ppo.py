@@ -650,6 +650,24 @@ def test_lora_policy_reference_is_the_adapter_off(world, tmp_path):
     assert evals[0]["eval/kl_to_ref"] == 0 and evals[2]["eval/kl_to_ref"] > 0
 
 
+@pytest.mark.parametrize("lora", [True, False])
+def test_evaluation_kl_of_the_untrained_policy_is_zero(world, tmp_path, lora):
+    """The evaluation's KL pairs the policy's sampling logits with one reference pass at the same
+    response positions: before any training the policy is the reference, so a misaligned position
+    or a wrong model would show as KL > 0."""
+    from rlhf.ppo import build_ppo_trainer
+
+    built = build_ppo_trainer(
+        world["reward"], options(world, lora=lora), FAST_TRL, max_steps=1, prompts=world["prompts"],
+        run_dir=tmp_path / "r",
+    )  # fmt: skip
+    _, policy_rows = built.hooks.evaluator.run(built.trainer)
+    metrics, ref_rows = built.hooks.evaluator.run(built.trainer, reference=True)
+    assert max(abs(r["kl"]) for r in policy_rows) < 1e-5 and metrics["eval/kl_to_ref"] == 0
+    assert [r["response"] for r in policy_rows] == [r["response"] for r in ref_rows]  # same seed, same model
+    assert [r["reward"] for r in policy_rows] == pytest.approx([r["reward"] for r in ref_rows], abs=1e-5)
+
+
 def test_trl_loop_with_a_separate_value_model_still_learns(world, tmp_path):
     """value_model=separate: TRL's own PPOTrainer.train with the value model initialised from the reward model."""
     run = train_ppo(
@@ -723,6 +741,18 @@ def test_fused_reward_equals_the_reward_models_own_score(tiny_model_dir, tmp_pat
         h = policy.get_decoder()(input_ids=x, attention_mask=mask, position_ids=pos).last_hidden_state
         got = wrapped.score(h[torch.arange(1), read]).squeeze(-1)
     assert torch.allclose(got, expected, atol=1e-5)
+    # reference_pass (the PPO step's and the evaluation's one reference forward): the same score,
+    # and the reference logits / temperature at exactly the response positions, fused or not.
+    from rlhf.ppo_loop import _lm_parts, reference_pass
+
+    trunk, head = _lm_parts(policy)
+    ctx = 5
+    with torch.no_grad():
+        want = policy(input_ids=ids).logits[:, ctx - 1 : -1] / 0.5
+        for fused in ((wrapped.score, suffix, None), None):
+            logits, score = reference_pass(trunk, head, fused, ids, ids, ctx, tok.pad_token_id, tok.eos_token_id, 0.5)
+            assert logits.shape == want.shape and torch.allclose(logits, want, atol=1e-4)
+            assert (score is None) == (fused is None) and (score is None or torch.allclose(score, expected, atol=1e-5))
 
 
 def test_pipeline_script_help_is_fast():
