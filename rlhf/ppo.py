@@ -1092,7 +1092,7 @@ def build_ppo_trainer(
         value = shared_trunk_value(policy, head / std if head.shape[-1] == policy.config.hidden_size else None)
         if _same_trunk(reward_model, policy):  # frozen-backbone reward on the reference's weights
             spec = getattr(reward_model.config, "reward_head", None) or {}
-            fused_reward = (reward.score, chat_suffix_ids(tok), spec.get("layer"))
+            fused_reward = (reward.score, chat_suffix_ids(tok), spec.get("layer"), spec.get("pooling", "mean_max"))
     else:
         value = load_value_model(reward_model_dir, mean, std)
     value.config.pad_token_id = tok.pad_token_id

@@ -202,7 +202,7 @@ def merged_adapters(model: Any) -> Iterator[None]:
 def reference_parts(trainer: Any, policy: Any) -> tuple[Any, Any, Any, Any]:
     """(reference trunk, its lm_head, the context that makes it the reference, the fused reward or
     None) of a PPO trainer whose (unwrapped) policy is `policy`: the adapter-off policy with LoRA,
-    else TRL's frozen copy. The fused reward is (score module, end-of-turn suffix, layer) when the
+    else TRL's frozen copy. The fused reward is (score module, end-of-turn suffix, layer, pooling) when the
     reward model is a frozen-backbone head on the reference's own weights."""
     ref_model = trainer.ref_model
     ref_trunk, ref_head = _lm_parts(ref_model if ref_model is not None else policy)
@@ -231,7 +231,7 @@ def reference_pass(
     if fused is None:
         h = _trunk_hidden(ref_trunk, query_responses, pad)
         return ref_head(h[:, ctx - 1 : -1]).float() / temp, None
-    head, suffix, layer = fused
+    head, suffix, layer, pooling = fused
     ids, mask, pos, read = append_end_of_turn(post_qr, post_qr != pad, eos, suffix)
     store: dict[str, Any] = {}
     if layer is not None:  # a pooled reward head reads layer L of this same pass
@@ -249,7 +249,7 @@ def reference_pass(
     else:
         from rlhf.reward_head import pool
 
-        feats = pool(store.pop("h"), mask, torch.full_like(read, ctx))
+        feats = pool(store.pop("h"), mask, torch.full_like(read, ctx), pooling)
     return ref_logits, head(feats.to(h.dtype)).squeeze(-1).float()
 
 

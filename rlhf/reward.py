@@ -796,7 +796,7 @@ def _train_head_run(
     import torch
     from safetensors.torch import save_file
 
-    from rlhf.reward_head import HEAD_FILE, fit_head, pool_layer, sequence_features
+    from rlhf.reward_head import HEAD_FILE, fit_head, pool_layer, pooling_of, sequence_features
     from rlhf.runs import MetricsLog
 
     has_eval = eval_raw is not None and len(eval_raw) > 0
@@ -836,7 +836,12 @@ def _train_head_run(
         with torch.no_grad():
             model.score.weight.copy_(fit.weight.to(model.score.weight.dtype)[None, :])
     else:  # model/ keeps the plain seq-cls layout; the pooled head lives beside it (load_reward_model)
-        model.config.reward_head = {"type": "pooled", "layer": layer, "marker": list(marker)}
+        model.config.reward_head = {
+            "type": "pooled",
+            "layer": layer,
+            "marker": list(marker),
+            "pooling": pooling_of(fit.kind),
+        }
     metrics = MetricsLog(run_dir)
     for epoch, row in enumerate(fit.history, 1):
         metrics.append({"step": epoch, "epoch": epoch, **row})

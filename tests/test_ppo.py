@@ -749,7 +749,7 @@ def test_fused_reward_equals_the_reward_models_own_score(tiny_model_dir, tmp_pat
     ctx = 5
     with torch.no_grad():
         want = policy(input_ids=ids).logits[:, ctx - 1 : -1] / 0.5
-        for fused in ((wrapped.score, suffix, None), None):
+        for fused in ((wrapped.score, suffix, None, None), None):
             logits, score = reference_pass(trunk, head, fused, ids, ids, ctx, tok.pad_token_id, tok.eos_token_id, 0.5)
             assert logits.shape == want.shape and torch.allclose(logits, want, atol=1e-4)
             assert (score is None) == (fused is None) and (score is None or torch.allclose(score, expected, atol=1e-5))

@@ -346,7 +346,7 @@ def test_head_fit_finds_the_direction_that_separates_the_pairs():
     chosen[:, 3] += 2.0  # the preferred side is higher along dimension 3 only
     fit = fit_head(chosen, rejected, [0.0] * n, groups=[i // 4 for i in range(n)])
     assert int(fit.weight.abs().argmax()) == 3 and fit.weight[3] > 0
-    assert fit.validation_pairs == 40  # 20% of the 50 prompts, 4 pairs each
+    assert fit.validation_pairs == 200  # cross-validated: every pair once, by a head that never saw its prompt
     assert fit.validation_accuracy >= 0.85
     test_r, test_c = torch.randn(100, h, generator=g), torch.randn(100, h, generator=g)
     test_c[:, 3] += 2.0
@@ -396,9 +396,42 @@ def test_pooling_finds_the_response_and_pools_mean_and_max():
     got = pool(h, mask, response_start(ids, mask, marker))
     # Row 0: positions 4, 5, 6 -> mean [10, 11], max [12, 13]; row 1: position 6 only.
     assert got.tolist() == [[10.0, 11.0, 12.0, 13.0], [12.0, 13.0, 12.0, 13.0]]
+    # Sum pooling: row 0 [8 + 10 + 12, 9 + 11 + 13]; row 1 [12, 13].
+    assert pool(h, mask, response_start(ids, mask, marker), "sum").tolist() == [[30.0, 33.0], [12.0, 13.0]]
 
 
-def test_pooled_head_run_reloads_and_ppo_reads_it_from_the_reference_pass(tiny_model_dir, tmp_path, store, monkeypatch):
+def test_head_cross_validation_picks_the_kind_that_generalises():
+    """Two feature kinds: `noise` separates the training pairs only by chance (more dimensions than
+    pairs), `count` carries the preference in one dimension. Cross-validation over prompts must
+    choose `count`, and report its validated accuracy over every training pair."""
+    import torch
+
+    from rlhf.reward_head import fit_head, pool_layer, pooling_of
+
+    g = torch.Generator().manual_seed(1)
+    n, h = 60, 8
+    count_r = torch.randn(n, h, generator=g)
+    count_c = count_r.clone()
+    count_c[:, 0] += 1.0
+    noise_c, noise_r = torch.randn(n, 200, generator=g), torch.randn(n, 200, generator=g)
+    fit = fit_head(
+        {"pool2": noise_c, "sum2": count_c}, {"pool2": noise_r, "sum2": count_r}, [0.0] * n, [i // 3 for i in range(n)]
+    )
+    assert fit.kind == "sum2" and fit.validation_pairs == n and fit.validation_accuracy == 1.0
+    assert fit.candidates["pool2"] < 0.75
+    assert (pool_layer("sum2"), pooling_of("sum2"), pool_layer("pool12"), pooling_of("pool12")) == (
+        2,
+        "sum",
+        12,
+        "mean_max",
+    )
+    assert (pool_layer("last"), pooling_of("last")) == (None, None)
+
+
+@pytest.mark.parametrize(("kind", "pooling"), [("pool1", "mean_max"), ("sum1", "sum")])
+def test_pooled_head_run_reloads_and_ppo_reads_it_from_the_reference_pass(
+    tiny_model_dir, tmp_path, store, monkeypatch, kind, pooling
+):
     """Forcing the pooled features (the tiny model's layer 1): the saved model/ reloads as the pooled
     reward model with the report's scores, and PPO's fused reference pass gives the same reward."""
     import torch
@@ -411,15 +444,14 @@ def test_pooled_head_run_reloads_and_ppo_reads_it_from_the_reference_pass(tiny_m
     from rlhf.reward import evaluate_pairs, reward_model_from
 
     real_fit = rh.fit_head
-    monkeypatch.setattr(
-        rh, "fit_head", lambda c, r, *a, **k: real_fit({"pool1": c["pool1"]}, {"pool1": r["pool1"]}, *a, **k)
-    )
+    monkeypatch.setattr(rh, "fit_head", lambda c, r, *a, **k: real_fit({kind: c[kind]}, {kind: r[kind]}, *a, **k))
     export = marker_export(store, tmp_path)
     run = train_reward(export, RewardOptions(model=str(tiny_model_dir)))
     s = read_json(run / "summary.json")
-    assert s["head"]["features"] == "pool1"
+    assert s["head"]["features"] == kind
     model, tok = load_reward_model(run)
     assert type(model).__name__ == "PooledRewardModel" and model.config.reward_head["layer"] == 1
+    assert model.config.reward_head["pooling"] == pooling
     from datasets import load_from_disk
 
     rows = evaluate_pairs(model, tok, to_conversational(load_from_disk(str(export))["test"]))
@@ -447,5 +479,5 @@ def test_pooled_head_run_reloads_and_ppo_reads_it_from_the_reference_pass(tiny_m
     with torch.no_grad():
         trunk(input_ids=x, attention_mask=mask, position_ids=pos)
     handle.remove()
-    got = wrapped.score(rh.pool(store_h["h"], mask, torch.tensor([len(query)]))).squeeze(-1)
+    got = wrapped.score(rh.pool(store_h["h"], mask, torch.tensor([len(query)]), pooling)).squeeze(-1)
     assert torch.allclose(got, expected, atol=1e-5)
