@@ -106,8 +106,9 @@ class PPOOptions:
         default="auto",
         metadata={
             "help": "auto | bf16 | fp16 | fp32. auto = bf16 autocast of the policy/value training passes where "
-            "the hardware has it (~1.2x per PPO step on an AMX CPU), fp16 with loss scaling on a CUDA GPU "
-            "without bf16, else fp32; generation and frozen models stay fp32. fp16 needs a CUDA GPU."
+            "the hardware has it (AMX or AVX512-BF16 CPUs, recent GPUs), fp16 with loss scaling on a CUDA GPU "
+            "without bf16, else fp32. The rollouts' sampling and the reference pass run under the same "
+            "autocast (the weights stay fp32). fp16 needs a CUDA GPU."
         },
     )
     kl_target: float | None = field(
@@ -660,6 +661,7 @@ class Evaluator:
                     with (
                         _seeded(self.seed + start),
                         ref_ctx() if reference else merged_adapters(policy),
+                        trainer.accelerator.autocast(),  # as the rollouts: the distributions it samples
                     ):
                         query_response, p_logits = batch_generation(
                             (trainer.ref_model or policy) if reference else policy, query, query.shape[0], pad, gen
@@ -669,7 +671,7 @@ class Evaluator:
                     post_qr = torch.cat((query, post), 1)
                     last = first_true_indices(post == pad) - 1  # index of the last response token
                     valid = torch.arange(post.shape[1], device=post.device)[None, :] <= last[:, None]
-                    with ref_ctx():
+                    with ref_ctx(), trainer.accelerator.autocast():
                         r_logits, score = reference_pass(
                             ref_trunk, ref_head, fused, post_qr, query_response, ctx, pad, tok.eos_token_id, temp
                         )

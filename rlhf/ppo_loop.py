@@ -327,6 +327,7 @@ def train(trainer: Any) -> None:
                     model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation, generation_kwargs=gen_kwargs
                 ) as unwrapped,
                 merged_adapters(unwrapped.policy),
+                acc.autocast(),  # bf16 runs sample in bf16 too: ~1.6x faster on a CPU with AVX512-BF16
             ):
                 qmask = (queries != pad).long()
                 out = unwrapped.policy.generate(
@@ -338,7 +339,7 @@ def train(trainer: Any) -> None:
                     output_hidden_states=True,
                 )
             responses = out.sequences[:, ctx:]
-            logprobs = selective_log_softmax(torch.stack(out.scores, 1), responses)
+            logprobs = selective_log_softmax(torch.stack(out.scores, 1).float(), responses)
             hidden = torch.cat([out.hidden_states[0][-1][:, -1:]] + [h[-1] for h in out.hidden_states[1:]], 1)
             values = value.score(hidden.to(value.score.weight.dtype)).squeeze(-1).float()
             del out, hidden
@@ -352,7 +353,7 @@ def train(trainer: Any) -> None:
             post_qr = torch.cat([queries, post], 1)
             r_len = responses.shape[1]
             # 2) reference log-probs, and the reward from the same pass when the reward model allows.
-            with ref_ctx():
+            with ref_ctx(), acc.autocast():
                 ref_logits, scores = reference_pass(
                     ref_trunk, ref_head, fused, post_qr, query_responses, ctx, pad, eos, temp
                 )
