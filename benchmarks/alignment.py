@@ -190,6 +190,109 @@ def rm_truth_accuracy(round_dir: Path) -> dict[str, Any]:
     }
 
 
+TEST_CANDIDATES = 4  # responses per held-out prompt for the reward model's test pairs
+
+
+def _test_candidates(round_dir: Path, cfg: Any) -> tuple[list[Any], list[list[Any]], float]:
+    """(held-out prompt contents, TEST_CANDIDATES [text, finish reason] of the starting model to
+    each, seconds):
+    the round's held-out prompts (the last max(evaluation.prompts, ppo.eval_prompts) of its store),
+    sampled as the generate stage samples. Cached beside the round's store, keyed by model, settings
+    and prompts: rules sharing a data home share them."""
+    import dataclasses
+    import hashlib
+
+    from sqlalchemy import select
+
+    from rlhf.schema import Prompt
+    from rlhf.store import Store
+
+    store = Store(f"sqlite:///{round_dir.parent / 'store.db'}")
+    with store.session() as s:
+        contents = [p.content for p in s.scalars(select(Prompt).order_by(Prompt.id))]
+    n_held = max(cfg.evaluation.prompts, cfg.ppo.eval_prompts)
+    held = contents[len(contents) - n_held :]
+    settings = dataclasses.replace(cfg.generation, num_candidates=TEST_CANDIDATES, system_prompts=[])
+    key = hashlib.sha256(
+        json.dumps([cfg.model, dataclasses.asdict(settings), held], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    cache = round_dir.parent / f"rm-test-candidates-{key}.json"
+    if cache.exists():
+        return held, json.loads(cache.read_text(encoding="utf-8")), 0.0
+    from rlhf.generate import generate_responses
+    from rlhf.models import load_causal_lm
+
+    t0 = time.perf_counter()
+    lm, tok = load_causal_lm(cfg.model)
+    texts: list[list[Any]] = []
+    for start in range(0, len(held), settings.batch_size):
+        batch = held[start : start + settings.batch_size]
+        outs = generate_responses(lm, tok, batch, settings, seed=settings.seed * 1_000_003 + 500_000 + start)
+        texts.extend([[g.text, g.finish_reason] for g in gens] for gens in outs)
+    del lm
+    cache.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    return held, texts, time.perf_counter() - t0
+
+
+def rm_test_accuracy(round_dir: Path, config_path: Path) -> dict[str, Any]:
+    """The reward model on a test set big enough to judge it, that no label, training step or model
+    choice ever saw: TEST_CANDIDATES responses of the starting model to each HELD-OUT prompt (those
+    of the evaluation), every decisive pair among them labelled by the rule (noise-free: `truth`;
+    and as the simulated annotator would, with its noise: `accuracy`). This costs no labels: the
+    rule is the annotator. 64 prompts x 6 pairs give ~100-150 decisive pairs where the round's own
+    held-out split (a share of <= 300 labels, ties dropped) gives ~40."""
+    import itertools
+
+    from rlhf.annotators import get_rule, simulated_label
+    from rlhf.pipeline import load_pipeline_config
+    from rlhf.reward import encode_pair_side, load_reward_model, score_sequences
+    from rlhf.stats import proportion
+
+    cfg = load_pipeline_config(config_path)
+    held, texts, gen_s = _test_candidates(round_dir, cfg)
+    rule, ann = get_rule(cfg.annotator.rule), cfg.annotator
+    pairs = []  # (prompt index, a, b, truth "A"/"B", label "A"/"B")
+    for i, (content, cands) in enumerate(zip(held, texts)):
+        prompt = content if isinstance(content, str) else content[-1]["content"]
+        for a, b in itertools.combinations(range(len(cands)), 2):
+            if cands[a][0] == cands[b][0]:
+                continue
+            truth, _ = rule.verdict(prompt, tuple(cands[a]), tuple(cands[b]))
+            if truth == "tie":  # ties are dropped, as the export drops them
+                continue
+            cid = 1_000_000 + i * 100 + a * 10 + b  # apart from the store's comparison ids
+            label = simulated_label(rule, cid, prompt, tuple(cands[a]), tuple(cands[b]), ann.noise, ann.seed)
+            pairs.append((i, a, b, truth, label["choice"]))
+    t0 = time.perf_counter()
+    model, tok = load_reward_model(_stage_dir(round_dir, "reward") / "run")
+    chat = bool(getattr(tok, "chat_template", None))
+
+    def seq(content: Any, text: str) -> list[int]:
+        if not chat:
+            return encode_pair_side(tok, content if isinstance(content, str) else content[-1]["content"], text)
+        msgs = [{"role": "user", "content": content}] if isinstance(content, str) else list(content)
+        return encode_pair_side(tok, msgs, [{"role": "assistant", "content": text}])
+
+    index = {(i, k): n for n, (i, k) in enumerate((i, k) for i in range(len(held)) for k in range(len(texts[i])))}
+    seqs = [seq(held[i], texts[i][k][0]) for i, k in index]
+    scores = score_sequences(model, seqs, tok.pad_token_id)
+    del model
+    right_label = right_truth = 0
+    for i, a, b, truth, label in pairs:
+        says = "A" if scores[index[(i, a)]] > scores[index[(i, b)]] else "B"
+        right_truth += says == truth
+        right_label += says == label
+    return {
+        "accuracy": proportion(right_label, len(pairs)),
+        "truth": proportion(right_truth, len(pairs)),
+        "pairs": len(pairs),
+        "prompts": len(held),
+        "candidates": TEST_CANDIDATES,
+        "generate_seconds": round(gen_s, 1),
+        "score_seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
 def collect(round_dir: Path, config: dict[str, Any], wall_s: float) -> dict[str, Any]:
     """The per-rule figures from a finished round's folders."""
     from rlhf.pipeline import reward_verdict
@@ -252,14 +355,15 @@ def collect(round_dir: Path, config: dict[str, Any], wall_s: float) -> dict[str,
 def verdicts(f: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """PASS/FAIL per target, each with the figure it judged."""
     t = TARGETS
-    acc, win = f.get("rm_accuracy") or {}, f.get("win_rate") or {}
+    # The reward model is judged on the fresh test set (>= 100 pairs) where the benchmark made one.
+    acc, win = (f.get("rm_test") or {}).get("accuracy") or f.get("rm_accuracy") or {}, f.get("win_rate") or {}
     lo, hi = t["length_ratio"]
     kl, target = f.get("kl_per_response"), f.get("kl_target")
     ratio = f.get("length_ratio")
     out = {
         "rm_accuracy": {
             "pass": (acc.get("value") or 0) >= t["rm_accuracy"] and acc.get("n", 0) >= t["rm_min_pairs"],
-            "target": f">= {t['rm_accuracy']} on >= {t['rm_min_pairs']} held-out pairs",
+            "target": f">= {t['rm_accuracy']} on >= {t['rm_min_pairs']} held-out pairs (the test set)",
         },
         "win_rate": {
             "pass": (win.get("value") or 0) >= t["win_rate"] and win.get("n", 0) >= t["win_min_prompts"],
@@ -298,6 +402,8 @@ def run_rule(rule: str, data: dict[str, Any], home: Path) -> dict[str, Any]:
     try:
         round_dir = run_pipeline(config_path, progress=progress, force=True)
         figures = collect(round_dir, data, time.perf_counter() - start)
+        progress(0, "reward-model test set", "running")
+        figures["rm_test"] = rm_test_accuracy(round_dir, config_path)
     except Exception as e:  # one rule's failure is reported; the others still run
         traceback.print_exc()
         figures = {
@@ -350,6 +456,14 @@ def print_rule(console: Any, f: dict[str, Any]) -> None:
         f"RM held-out accuracy vs the TRUE rule (noise-free): {fmt_proportion(truth['accuracy'])} "
         f"({truth['flipped']} of the held-out labels flipped)"
     )
+    test = f.get("rm_test") or {}
+    if test:
+        console.print(
+            f"RM on the test set ({test['pairs']} decisive pairs among {test['candidates']} responses to each of "
+            f"{test['prompts']} held-out prompts, labelled by the rule): {fmt_proportion(test['accuracy'])} vs "
+            f"noisy labels, {fmt_proportion(test['truth'])} vs the truth  {_pf(t['rm_accuracy']['pass'])} "
+            f"{t['rm_accuracy']['target']}"
+        )
     console.print(
         f"PPO win rate by the rule vs the reference: {fmt_proportion(win)} W/T/L "
         f"{win.get('wins', '-')}/{win.get('ties', '-')}/{win.get('losses', '-')}  "
@@ -387,6 +501,7 @@ def summary_table(figures: list[dict[str, Any]]) -> Any:
         "train/held-out pairs",
         "RM acc (labels)",
         "RM acc (truth)",
+        "RM test set (labels / truth)",
         "RM verdict",
         "win rate by rule",
         "rule score ref→policy",
@@ -398,15 +513,20 @@ def summary_table(figures: list[dict[str, Any]]) -> Any:
         table.add_column(col, no_wrap=col == "rule")
     for f in figures:
         if "error" in f:
-            table.add_row(f["rule"], *["-"] * 9, "[red]ERROR[/red]")
+            table.add_row(f["rule"], *["-"] * 10, "[red]ERROR[/red]")
             continue
         t = f["targets"]
         failed = [k for k, v in t.items() if not v["pass"]]
         table.add_row(
             f["rule"],
             f"{f['train_pairs']}/{f['held_out_pairs']}",
-            f"{fmt_proportion(f['rm_accuracy'])} {_pf(t['rm_accuracy']['pass'])}",
+            fmt_proportion(f["rm_accuracy"]),
             fmt_proportion(f["rm_truth"]["accuracy"]),
+            (
+                f"{fmt_proportion(test['accuracy'])} / {fmt_proportion(test['truth'])} {_pf(t['rm_accuracy']['pass'])}"
+                if (test := f.get("rm_test"))
+                else f"- {_pf(t['rm_accuracy']['pass'])}"
+            ),
             str(f["rm_learning"].get("status")),
             f"{fmt_proportion(f['win_rate'])} {_pf(t['win_rate']['pass'])}",
             f"{_num(f['rule_score_reference'])}→{_num(f['rule_score_policy'])}",
@@ -512,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
                 "held_out_pairs": f["held_out_pairs"],
                 "train_pairs": f["train_pairs"],
                 "rm_truth_accuracy": f["rm_truth"]["accuracy"].get("value"),
+                "rm_test_accuracy": ((f.get("rm_test") or {}).get("accuracy") or {}).get("value"),
+                "rm_test_truth_accuracy": ((f.get("rm_test") or {}).get("truth") or {}).get("value"),
+                "rm_test_pairs": (f.get("rm_test") or {}).get("pairs"),
                 "rm_learning": f["rm_learning"].get("status"),
                 "win_rate": (f["win_rate"] or {}).get("value"),
                 "win_rate_low": (f["win_rate"] or {}).get("low"),

@@ -151,6 +151,18 @@ class PPOOptions:
             "null = no clipping."
         },
     )
+    token_rewards: bool = field(
+        default=True,
+        metadata={
+            "help": "With a pooled frozen-backbone reward head (the default reward model) and value_model: shared, "
+            "each response token gets its own share of the score as its reward: the head is linear in the sum "
+            "(or the mean and max) of the tokens' hidden states, so the score splits exactly into per-token "
+            "parts (the rest, e.g. the end-of-turn tokens', stays on the last token; a response's rewards add "
+            "up to its score). The tokens that earned the score are the ones credited, instead of GAE "
+            "carrying one end-of-response reward back over 64 tokens. false: the whole score on the last "
+            "token, as TRL does."
+        },
+    )
     eval_steps: int = field(
         default=10,
         metadata={"help": "Evaluate on the held-out prompts every this many steps (0 = start and end only)."},
@@ -672,7 +684,7 @@ class Evaluator:
                     last = first_true_indices(post == pad) - 1  # index of the last response token
                     valid = torch.arange(post.shape[1], device=post.device)[None, :] <= last[:, None]
                     with ref_ctx(), trainer.accelerator.autocast():
-                        r_logits, score = reference_pass(
+                        r_logits, score, _ = reference_pass(
                             ref_trunk, ref_head, fused, post_qr, query_response, ctx, pad, tok.eos_token_id, temp
                         )
                     if reference:
@@ -1137,6 +1149,7 @@ def build_ppo_trainer(
             hooks=hooks,
         )
     trainer.fused_reward = fused_reward
+    trainer.token_rewards = options.token_rewards
     for cb in trainer.callback_handler.callbacks:  # TensorBoard (when asked) writes into the run folder
         if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "logging_dir", None) is None:
             cb.logging_dir = str(run_dir / "tensorboard")
@@ -1168,6 +1181,7 @@ def build_ppo_trainer(
         "reference": "the policy with its LoRA adapter off" if options.lora else "a frozen copy of the starting policy",
         "value": "a head on the policy's trunk" if shared else "a separate model initialised from the reward model",
         "reward_in_reference_pass": fused_reward is not None,
+        "token_rewards": options.token_rewards and fused_reward is not None and fused_reward[2] is not None,
         "end_of_turn_suffix": chat_suffix_ids(tok),
     }
     resume_from = checkpoints[max(checkpoints)] if checkpoints else None

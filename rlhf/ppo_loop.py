@@ -220,17 +220,21 @@ def reference_pass(
     pad: int,
     eos: int,
     temp: float,
-) -> tuple[Any, Any]:
+    per_token: bool = False,
+) -> tuple[Any, Any, Any]:
     """One reference forward over [query][response] rows: (reference logits / temp at the response
-    positions only, [B, R, V] fp32; the reward of each row when `fused`, else None). `post_qr` is the
-    same rows truncated after the stop token (what the reward reads); `query_responses` untruncated
-    (what the log-probs are of). Run it inside the reference context."""
+    positions only, [B, R, V] fp32; the reward of each row when `fused`, else None; with `per_token`
+    and a pooled head, each response token's share of that reward [B, R] (`token_contributions`,
+    normalised like the reward; the rest of the reward - end-of-turn tokens, the normalisation's
+    offset, clipping - is the score minus their sum), else None). `post_qr` is the same rows truncated
+    after the stop token (what the reward reads); `query_responses` untruncated (what the log-probs
+    are of). Run it inside the reference context."""
     import torch
 
     r_len = query_responses.shape[1] - ctx
     if fused is None:
         h = _trunk_hidden(ref_trunk, query_responses, pad)
-        return ref_head(h[:, ctx - 1 : -1]).float() / temp, None
+        return ref_head(h[:, ctx - 1 : -1]).float() / temp, None, None
     head, suffix, layer, pooling = fused
     ids, mask, pos, read = append_end_of_turn(post_qr, post_qr != pad, eos, suffix)
     store: dict[str, Any] = {}
@@ -246,11 +250,32 @@ def reference_pass(
     ref_logits = ref_head(h[:, ctx - 1 : ctx - 1 + r_len]).float() / temp
     if layer is None:
         feats = h[torch.arange(h.shape[0], device=h.device), read]
-    else:
-        from rlhf.reward_head import pool
+        return ref_logits, head(feats.to(h.dtype)).squeeze(-1).float(), None
+    from rlhf.reward_head import pool, token_contributions
 
-        feats = pool(store.pop("h"), mask, torch.full_like(read, ctx), pooling)
-    return ref_logits, head(feats.to(h.dtype)).squeeze(-1).float()
+    hl, start = store.pop("h"), torch.full_like(read, ctx)
+    scores = head(pool(hl, mask, start, pooling).to(h.dtype)).squeeze(-1).float()
+    shares = None
+    if per_token:  # head = NormalizedScore around the pooled head's bias-free linear layer
+        contrib = token_contributions(hl, mask, start, pooling, head.inner.weight) / head.std
+        shares = contrib[:, ctx : ctx + r_len]
+    return ref_logits, scores, shares
+
+
+def place_rewards(non_score: Any, scores: Any, shares: Any | None, end: Any) -> Any:
+    """Per-token rewards [B, R]: the KL part `non_score`, plus the score of each row at its `end`
+    index (TRL's placement) - or, with `shares` (each response token's part of the score), each token
+    its share and the rest of the score at `end`. Either way a row's rewards add up to
+    sum(non_score) + score."""
+    import torch
+
+    rewards = non_score.clone()
+    rest = scores
+    if shares is not None:
+        rewards += shares
+        rest = scores - shares.sum(1)
+    rewards[torch.arange(rewards.size(0), device=rewards.device), end] += rest
+    return rewards
 
 
 class StepTimer:
@@ -284,6 +309,7 @@ def train(trainer: Any) -> None:
     policy, value = wrapper.policy, wrapper.value_model
     trunk, lm_head = _lm_parts(policy)
     ref_trunk, ref_head, ref_ctx, fused = reference_parts(trainer, policy)
+    per_token = bool(getattr(trainer, "token_rewards", False)) and fused is not None and fused[2] is not None
     temp = args.temperature + 1e-7
     gen_kwargs = {
         "max_new_tokens": args.response_length,
@@ -354,8 +380,8 @@ def train(trainer: Any) -> None:
             r_len = responses.shape[1]
             # 2) reference log-probs, and the reward from the same pass when the reward model allows.
             with ref_ctx(), acc.autocast():
-                ref_logits, scores = reference_pass(
-                    ref_trunk, ref_head, fused, post_qr, query_responses, ctx, pad, eos, temp
+                ref_logits, scores, shares = reference_pass(
+                    ref_trunk, ref_head, fused, post_qr, query_responses, ctx, pad, eos, temp, per_token
                 )
             ref_logprobs = selective_log_softmax(ref_logits, responses)
             del ref_logits
@@ -380,9 +406,8 @@ def train(trainer: Any) -> None:
             logr = ref_logprobs - logprobs
             kl = -logr if args.kl_estimator == "k1" else (logr.exp() - 1) - logr
             non_score = -args.kl_coef * kl
-            rewards = non_score.clone()
             end = torch.where(seq_len_p1 < r_len, seq_len_p1, seq_len)
-            rewards[torch.arange(rewards.size(0), device=device), end] += scores
+            rewards = place_rewards(non_score, scores, shares, end)
             if args.whiten_rewards:
                 rewards = torch.masked_fill(masked_whiten(rewards, ~padding_p1, shift_mean=False), padding_p1, 0)
             last_gae = 0.0

@@ -260,6 +260,18 @@ def load_export(export_dir: Path) -> tuple[Any, dict[str, Any]]:
     return ds, read_json(export_dir / "manifest.json")
 
 
+def tied(ex: dict[str, Any]) -> bool:
+    """A kept tie or 'both bad' verdict (the export's `is_tie` / `is_both_bad`): no side preferred."""
+    return bool(ex.get("is_tie")) or bool(ex.get("is_both_bad"))
+
+
+def without_ties(ds: Any) -> Any:
+    """The decisive pairs of an export split."""
+    if not {"is_tie", "is_both_bad"} & set(ds.column_names):
+        return ds
+    return ds.filter(lambda ex: not tied(ex))
+
+
 def is_chat_dataset(ds: Any) -> bool:
     return not isinstance(ds[0]["prompt"], str)
 
@@ -582,6 +594,20 @@ def train_reward(
     train_raw, eval_raw = ds["train"], ds.get("test")
     if options.max_pairs:
         train_raw = train_raw.select(range(min(options.max_pairs, len(train_raw))))
+    # Ties (an export with `ties: keep`) teach the frozen-backbone head which differences do not
+    # matter (`rlhf.reward_head.pair_losses`); TRL's RewardTrainer has no tie loss, so a fine-tune
+    # drops them, and held-out accuracy is over decisive pairs only.
+    head_mode = options.freeze_backbone and not options.lora
+    if eval_raw is not None:
+        eval_raw = without_ties(eval_raw)
+    if not head_mode:
+        n_before = len(train_raw)
+        train_raw = without_ties(train_raw)
+        if len(train_raw) < n_before:
+            log.warning(
+                "dropped %d tied training pairs: only the frozen-backbone head learns from ties",
+                n_before - len(train_raw),
+            )
     has_eval = eval_raw is not None and len(eval_raw) > 0
     model_path = resolve_model(options.model)
     # The config first: creating it joins the process group of a distributed launch, which
@@ -826,9 +852,10 @@ def _train_head_run(
     w0 = model.score.weight.detach()[0].float()  # the untrained head: the baseline to beat
     t_last_c, t_last_r = feats["last"][2 * n : 2 * n + m], feats["last"][2 * n + m :]
     accuracy_before = float(((t_last_c @ w0) > (t_last_r @ w0)).float().mean()) if has_eval else None
-    margins = [float(p[2].get("margin") or 0.0) for p in kept]
+    ties = [tied(p[2]) for p in kept]
+    margins = [0.0 if t else float(p[2].get("margin") or 0.0) for p, t in zip(kept, ties)]
     groups = [str(p[2]["prompt"]) for p in kept]
-    fit = fit_head(fc, fr, margins, groups, seed=args.seed)
+    fit = fit_head(fc, fr, margins, groups, seed=args.seed, ties=ties)
     layer = pool_layer(fit.kind)
     fc, fr = fc[fit.kind], fr[fit.kind]
     tc, tr = feats[fit.kind][2 * n : 2 * n + m], feats[fit.kind][2 * n + m :]
@@ -862,7 +889,8 @@ def _train_head_run(
         metrics.append({"step": len(fit.history), "epoch": len(fit.history), "eval_accuracy": report["accuracy"]})
     train_s = time.perf_counter() - start
     summary = {
-        "train_pairs": n,
+        "train_pairs": n - sum(ties),
+        "train_ties": sum(ties),
         "test_pairs": len(test_c),
         "dropped_too_long": dropped,
         "global_step": len(fit.history),

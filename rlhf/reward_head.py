@@ -88,6 +88,30 @@ def pool(h: Any, mask: Any, start: Any, pooling: str = "mean_max") -> Any:
     return torch.cat([mean, mx], -1)
 
 
+def token_contributions(h: Any, mask: Any, start: Any, pooling: str, weight: Any) -> Any:
+    """Each position's share of a linear head's score `weight . pool(h, mask, start, pooling)`, (b, n)
+    float32: the rows sum to that score exactly. With "sum" a response token's share is weight . h_t;
+    with "mean_max" it is its mean part (weight_mean . h_t / count) plus, for every hidden dimension
+    whose maximum that token holds, weight_max[i] * h_t[i]. PPO gives each token its share as its own
+    reward (`token_rewards`), so the tokens that earned the score are the ones credited."""
+    import torch
+
+    pos = torch.arange(h.shape[1], device=h.device)[None, :]
+    keep = mask.bool() & (pos >= start[:, None])
+    keep = torch.where(keep.any(1, keepdim=True), keep, mask.bool())  # as `pool`: empty response, all tokens
+    h, w, k = h.float(), weight.float().reshape(-1), keep.unsqueeze(-1)
+    with torch.autocast(h.device.type, enabled=False):  # float32 even inside a bf16 run's autocast
+        if pooling == "sum":
+            return (h @ w) * keep
+        hidden = h.shape[-1]
+        w_mean, w_max = w[:hidden], w[hidden:]
+        count = keep.sum(1, keepdim=True).clamp(min=1)
+        share = (h @ w_mean) * keep / count
+        masked = torch.where(k, h, torch.full_like(h, float("-inf")))
+        top, at = masked.max(1)  # (b, hidden): each dimension's maximum and the position holding it
+        return share.scatter_add(1, at, top * w_max)
+
+
 def sequence_features(
     backbone: Any,
     seqs: Sequence[Sequence[int]],
@@ -175,14 +199,33 @@ class HeadFit:
     candidates: dict[str, float | None]  # validation accuracy of each feature kind (its best penalty)
 
 
-def _fit(
-    d: Any, margin: Any, l2: float, epochs: int, lr: float, val: tuple[Any, Any] | None = None
-) -> tuple[Any, int, float | None, list[dict[str, float]]]:
-    """Full-batch Adam on standardised feature differences d (n, h). With `val`, stops after
-    PATIENCE epochs without a lower validation loss and returns the best epoch's weight."""
+def pair_losses(logits: Any, margin: Any, tie: Any) -> Any:
+    """Per pair: the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected - margin) of a decisive
+    pair; for a tie (`tie` True) a half-win each way, -(log sigmoid(d) + log sigmoid(-d)) / 2, which
+    is least (log 2) when the two rewards are equal: a tie says which differences do NOT matter."""
     import torch
     import torch.nn.functional as F
 
+    half = -(F.logsigmoid(logits) + F.logsigmoid(-logits)) / 2
+    return torch.where(tie, half, -F.logsigmoid(logits - margin))
+
+
+def _fit(
+    d: Any,
+    margin: Any,
+    l2: float,
+    epochs: int,
+    lr: float,
+    val: tuple[Any, Any] | None = None,
+    tie: Any = None,
+) -> tuple[Any, int, float | None, list[dict[str, float]]]:
+    """Full-batch Adam on standardised feature differences d (n, h); `tie` (n,) bool marks tied
+    pairs (`pair_losses`; accuracy counts decisive pairs only). With `val` (decisive pairs), stops
+    after PATIENCE epochs without a lower validation loss and returns the best epoch's weight."""
+    import torch
+    import torch.nn.functional as F
+
+    tie = torch.zeros(d.shape[0], dtype=torch.bool) if tie is None else tie
     w = torch.zeros(d.shape[1], requires_grad=True)
     opt = torch.optim.Adam([w], lr=lr)
     best = (float("inf"), w.detach().clone(), 0, None)
@@ -190,10 +233,11 @@ def _fit(
     for epoch in range(1, epochs + 1):
         opt.zero_grad()
         logits = d @ w
-        loss = -F.logsigmoid(logits - margin).mean() + l2 * (w * w).sum()
+        loss = pair_losses(logits, margin, tie).mean() + l2 * (w * w).sum()
         loss.backward()
         opt.step()
-        history.append({"loss": float(loss.detach()), "accuracy": float((logits.detach() > 0).float().mean())})
+        right = (logits.detach() > 0)[~tie].float()
+        history.append({"loss": float(loss.detach()), "accuracy": float(right.mean()) if len(right) else 0.0})
         if val is not None:
             with torch.no_grad():
                 vl = d_val_logits = val[0] @ w
@@ -214,13 +258,16 @@ def fit_head(
     groups: Sequence[Any],
     seed: int = 0,
     lr: float = 0.02,
+    ties: Sequence[bool] | None = None,
 ) -> HeadFit:
     """Train the linear head on cached features of training pairs (chosen[i] preferred to
     rejected[i]; `margin` per pair, zeros for none; `groups` the prompt of each pair, so a prompt's
-    pairs stay in one fold). `chosen`/`rejected`: one tensor, or a dict of feature kinds
+    pairs stay in one fold; `ties[i]` True: pair i was a tie, trained toward equal rewards, see
+    `pair_losses`). `chosen`/`rejected`: one tensor, or a dict of feature kinds
     (`sequence_features`). Chooses the kind, the L2 penalty and the epoch count by FOLDS-fold
-    cross-validation over prompts (lowest validation loss; ties: `last`, then the stronger penalty),
-    then refits on every pair. `validation_accuracy` is the chosen setting's cross-validated accuracy."""
+    cross-validation over prompts (lowest validation loss on the held-out fold's decisive pairs;
+    ties: `last`, then the stronger penalty), then refits on every pair. `validation_accuracy` is the
+    chosen setting's cross-validated accuracy over the decisive pairs (`validation_pairs` of them)."""
     import random
     import statistics
 
@@ -231,6 +278,8 @@ def fit_head(
     kinds_c = chosen if isinstance(chosen, dict) else {"last": chosen}
     kinds_r = rejected if isinstance(rejected, dict) else {"last": rejected}
     margin = torch.as_tensor(margin, dtype=torch.float32)
+    tie = torch.zeros(len(groups), dtype=torch.bool) if ties is None else torch.as_tensor(list(ties), dtype=torch.bool)
+    decisive = int((~tie).sum())
     keys = sorted(set(groups), key=str)
     random.Random(seed).shuffle(keys)
     folds = min(FOLDS, len(keys))
@@ -245,7 +294,7 @@ def fit_head(
     default_kind = "last" if "last" in diffs else next(iter(diffs))
     choice = (default_kind, L2_GRID[1], MAX_EPOCHS // 4, None)
     candidates: dict[str, float | None] = {k: None for k in diffs}
-    if folds >= 2 and len(groups) >= 10:
+    if folds >= 2 and decisive >= 10:
         # Every training pair is validated once, by a head that never saw its prompt: the choice
         # rests on all the pairs, not on a fifth of them (a 13-pair split chose by luck).
         scored = []
@@ -253,28 +302,30 @@ def fit_head(
             for l2 in L2_GRID:
                 loss, right, best_epochs = 0.0, 0.0, []
                 for k in range(folds):
-                    tr, va = fold != k, fold == k
-                    w, epochs, _, _ = _fit(d[tr], margin[tr], l2, MAX_EPOCHS, lr, (d[va], margin[va]))
+                    tr, va = fold != k, (fold == k) & ~tie
+                    if not va.any():
+                        continue
+                    w, epochs, _, _ = _fit(d[tr], margin[tr], l2, MAX_EPOCHS, lr, (d[va], margin[va]), tie[tr])
                     with torch.no_grad():
                         v = d[va] @ w
                         loss += float(-F.logsigmoid(v - margin[va]).sum())
                         right += float((v > 0).float().sum())
                     best_epochs.append(epochs)
-                acc = right / len(groups)
+                acc = right / decisive
                 candidates[kind] = max(candidates[kind] or 0.0, acc)
                 # Lowest cross-validated loss; ties: `last`, then the stronger penalty.
                 scored.append((-loss, kind == "last", l2, kind, int(statistics.median(best_epochs)), acc))
         _, _, l2, kind, epochs, acc = max(scored)
         choice = (kind, l2, epochs, acc)
     kind, l2, epochs, val_acc = choice
-    weight, _, _, history = _fit(diffs[kind], margin, l2, epochs, lr)
+    weight, _, _, history = _fit(diffs[kind], margin, l2, epochs, lr, tie=tie)
     return HeadFit(
         kind=kind,
         weight=weight / scales[kind],
         l2=l2,
         epochs=epochs,
         validation_accuracy=val_acc,
-        validation_pairs=len(groups) if choice[3] is not None else 0,
+        validation_pairs=decisive if choice[3] is not None else 0,
         history=history,
         seconds=time.perf_counter() - t0,
         candidates=candidates,

@@ -63,6 +63,15 @@ def test_verdicts_pass_and_each_failure():
             assert [k for k, x in v.items() if not x["pass"]] == [target], case
 
 
+def test_the_reward_model_is_judged_on_the_test_set_where_there_is_one():
+    small = {"rm_accuracy": {"value": 0.9, "n": 41}}
+    assert not alignment.verdicts(_figures(**small))["rm_accuracy"]["pass"]
+    test = {"accuracy": {"value": 0.82, "n": 130}, "truth": {"value": 0.9, "n": 130}}
+    assert alignment.verdicts(_figures(**small, rm_test=test))["rm_accuracy"]["pass"]
+    test = {"accuracy": {"value": 0.78, "n": 130}, "truth": {"value": 0.9, "n": 130}}
+    assert not alignment.verdicts(_figures(rm_test=test))["rm_accuracy"]["pass"]  # noisy labels decide
+
+
 def test_rm_truth_accuracy_flips_agreement_of_flipped_labels(tmp_path: Path):
     from datasets import Dataset, DatasetDict
 
@@ -100,3 +109,7 @@ def test_quick_run_end_to_end(home: Path, tiny_model_dir: Path, tmp_path: Path, 
     assert set(saved["minutes"]) == set(alignment.STAGES_SHOWN) and saved["kl_target"] == 6.0
     assert saved["kl_per_response"] is not None and saved["length_ratio"] is not None
     assert set(saved["targets"]) == {"rm_accuracy", "win_rate", "kl", "length_ratio", "round_time"}
+    # the reward model's own test set: 4 responses to each of the 8 held-out prompts, decisive pairs
+    test = saved["rm_test"]
+    assert test["prompts"] == 8 and test["candidates"] == 4 and 1 <= test["pairs"] <= 8 * 6
+    assert test["accuracy"]["n"] == test["truth"]["n"] == test["pairs"]

@@ -753,7 +753,10 @@ def test_fused_reward_equals_the_reward_models_own_score(tiny_model_dir, tmp_pat
     with torch.no_grad():
         want = policy(input_ids=ids).logits[:, ctx - 1 : -1] / 0.5
         for fused in ((wrapped.score, suffix, None, None), None):
-            logits, score = reference_pass(trunk, head, fused, ids, ids, ctx, tok.pad_token_id, tok.eos_token_id, 0.5)
+            logits, score, shares = reference_pass(
+                trunk, head, fused, ids, ids, ctx, tok.pad_token_id, tok.eos_token_id, 0.5
+            )
+            assert shares is None  # a last-token head does not split over tokens
             assert logits.shape == want.shape and torch.allclose(logits, want, atol=1e-4)
             assert (score is None) == (fused is None) and (score is None or torch.allclose(score, expected, atol=1e-5))
 
@@ -829,3 +832,47 @@ def test_saved_run_config_is_what_a_resume_goes_on_with(tmp_path):
                     "reward_run": "/r/1"})
     )  # fmt: skip
     assert saved_run_config(tmp_path) == ({"lora": True, "kl_target": 3.0, "trl": {"learning_rate": 5e-4}}, "/r/1")
+
+
+def test_token_rewards_credit_each_token_its_share_and_keep_the_score():
+    """Hand-computed: the KL part everywhere; without shares the score (5) at the end index (3),
+    TRL's placement; with shares (1, 2) on the first two tokens, the rest (2) at the end."""
+    import torch
+
+    from rlhf.ppo_loop import place_rewards
+
+    non_score = torch.tensor([[-0.1, -0.1, -0.1, 0.0]])
+    scores, end = torch.tensor([5.0]), torch.tensor([3])
+    assert place_rewards(non_score, scores, None, end)[0].tolist() == pytest.approx([-0.1, -0.1, -0.1, 5.0])
+    shares = torch.tensor([[1.0, 2.0, 0.0, 0.0]])
+    got = place_rewards(non_score, scores, shares, end)
+    assert got[0].tolist() == pytest.approx([0.9, 1.9, -0.1, 2.0])
+    assert float(got.sum()) == pytest.approx(float(non_score.sum() + scores.sum()))
+    assert non_score[0].tolist() == pytest.approx([-0.1, -0.1, -0.1, 0.0])  # not changed in place
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_token_rewards_change_the_credit_not_the_score(tiny_model_dir, tmp_path, store, monkeypatch, precision):
+    """A pooled (sum) reward head on the policy's own base: the reward comes from the reference pass
+    and, with token_rewards, is split over the response tokens. Same seed, same rollouts, same
+    scores; a different policy loss (the credit moved). bf16 runs the split inside autocast."""
+    import rlhf.reward_head as rh
+    from rlhf.reward import RewardOptions, hardware_has_bf16, train_reward
+
+    if precision == "bf16" and not hardware_has_bf16():
+        pytest.skip("no bf16 hardware")
+    real_fit = rh.fit_head
+    monkeypatch.setattr(
+        rh, "fit_head", lambda c, r, *a, **k: real_fit({"sum1": c["sum1"]}, {"sum1": r["sum1"]}, *a, **k)
+    )
+    reward = train_reward(marker_export(store, tmp_path, n=32), RewardOptions(model=str(tiny_model_dir)))
+    prompts = write_marker_prompts(tmp_path / "prompts.jsonl")
+    first = {}
+    for on in (True, False):
+        opts = PPOOptions(policy=str(tiny_model_dir), precision=precision, eval_prompts=0, token_rewards=on)
+        out = train_ppo(reward, opts, {"per_device_train_batch_size": 4}, max_steps=1, prompts=prompts)
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["reward_in_reference_pass"] is True and cfg["token_rewards"] is on
+        first[on] = steps_of(out)[0]
+    assert first[True]["objective/scores"] == pytest.approx(first[False]["objective/scores"], abs=1e-6)
+    assert first[True]["loss/policy_avg"] != pytest.approx(first[False]["loss/policy_avg"], abs=1e-6)

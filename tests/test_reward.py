@@ -481,3 +481,102 @@ def test_pooled_head_run_reloads_and_ppo_reads_it_from_the_reference_pass(
     handle.remove()
     got = wrapped.score(rh.pool(store_h["h"], mask, torch.tensor([len(query)]), pooling)).squeeze(-1)
     assert torch.allclose(got, expected, atol=1e-5)
+    # PPO's reference pass with token rewards: the same score, and each response token's share of it.
+    from rlhf.ppo_loop import _lm_parts, reference_pass
+
+    ctx, r_len = len(query), ids.shape[1] - len(query)
+    ref_trunk, ref_head = _lm_parts(policy)
+    fused = (wrapped.score, suffix, 1, pooling)
+    with torch.no_grad():
+        _, score, shares = reference_pass(
+            ref_trunk, ref_head, fused, ids, ids, ctx, ptok.pad_token_id, ptok.eos_token_id, 1.0, per_token=True
+        )
+    assert torch.allclose(score, expected, atol=1e-5) and shares.shape == (1, r_len)
+    contrib = rh.token_contributions(store_h["h"], mask, torch.tensor([ctx]), pooling, rm.score.weight) / 1.5
+    assert torch.allclose(shares, contrib[:, ctx : ctx + r_len], atol=1e-5)
+    # all tokens' shares (the end-of-turn suffix's too), offset by the normalisation and clipped: the score
+    assert torch.allclose((contrib.sum(1) - 0.2 / 1.5).clamp(-5.0, 5.0), expected, atol=1e-4)
+
+
+def test_token_contributions_split_the_pooled_score_exactly():
+    """Hand-computed: positions 1-3 are the response (start 1). sum, w = (1, 10): w . h_t per token.
+    mean_max, w = (mean: 3, 0 | max: 1, 2): mean part 3 * h_t[0] / 3; dimension 0's maximum 3 is at
+    position 2 (+1 * 3), dimension 1's maximum 5 at position 3 (+2 * 5)."""
+    import torch
+
+    from rlhf.reward_head import pool, token_contributions
+
+    h = torch.tensor([[[9.0, 9.0], [1.0, 2.0], [3.0, -1.0], [2.0, 5.0]]])
+    mask, start = torch.ones(1, 4, dtype=torch.long), torch.tensor([1])
+    got = token_contributions(h, mask, start, "sum", torch.tensor([1.0, 10.0]))
+    assert got.tolist() == [[0.0, 21.0, -7.0, 52.0]]
+    w = torch.tensor([3.0, 0.0, 1.0, 2.0])
+    got = token_contributions(h, mask, start, "mean_max", w)
+    assert got.tolist() == [[0.0, 1.0, 6.0, 12.0]] and float(pool(h, mask, start) @ w) == 19.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as inside a bf16 PPO step: still exact float32
+        for pooling, weight in (("sum", torch.tensor([1.0, 10.0])), ("mean_max", w)):
+            got = token_contributions(h.bfloat16(), mask, start, pooling, weight)
+            assert got.dtype == torch.float32
+    assert got.tolist() == [[0.0, 1.0, 6.0, 12.0]]
+    # any rows, padding included: the shares add up to the head's score
+    torch.manual_seed(0)
+    h = torch.randn(3, 7, 5)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 0], [1] * 7, [0, 1, 1, 1, 0, 0, 0]])
+    start = torch.tensor([3, 2, 2])
+    for pooling, dim in (("sum", 5), ("mean_max", 10)):
+        w = torch.randn(dim)
+        shares = token_contributions(h, mask, start, pooling, w)
+        assert torch.allclose(shares.sum(1), pool(h, mask, start, pooling) @ w, atol=1e-5)
+        assert (shares[mask == 0] == 0).all() and (shares[:, :2] == 0).all()
+
+
+def test_ties_teach_the_head_which_differences_do_not_matter():
+    """Decisive pairs differ in both features (chosen = rejected + (1, 1)): either could be the
+    reason. Ties differ in feature 1 only: so it is not. With the ties the head leans on feature 0."""
+    import torch
+
+    from rlhf.reward_head import fit_head, pair_losses
+
+    torch.manual_seed(0)
+    rej = torch.randn(8, 2)
+    tie_b = torch.randn(8, 2)
+    chosen = torch.cat([rej + torch.tensor([1.0, 1.0]), tie_b + torch.tensor([0.0, 1.0])])
+    rejected = torch.cat([rej, tie_b])
+    ties, margin, groups = [False] * 8 + [True] * 8, [0.0] * 16, list(range(16))
+    without = fit_head(chosen[:8], rejected[:8], margin[:8], groups[:8]).weight
+    with_ties = fit_head(chosen, rejected, margin, groups, ties=ties).weight
+    assert without[1] > 0.5 * without[0] > 0
+    assert abs(with_ties[1]) < 0.4 * with_ties[0]  # 0.49 vs 1.53 (without: 1.04 vs 1.47)
+    # the tie loss: log 2 at equal rewards, the same either way round; decisive pairs as Bradley-Terry
+    losses = pair_losses(
+        torch.tensor([0.0, 2.0, -2.0, 2.0]), torch.tensor([0.0, 0.0, 0.0, 1.0]), torch.tensor([True, True, True, False])
+    )
+    assert losses[0].item() == pytest.approx(math.log(2))
+    assert losses[1].item() == pytest.approx(losses[2].item()) and losses[1] > losses[0]
+    assert losses[3].item() == pytest.approx(math.log(1 + math.exp(-1.0)))
+
+
+def test_kept_ties_train_the_head_and_never_count_as_held_out_pairs(tiny_model_dir, tmp_path, store):
+    """An export with ties (`ties: keep`): the head trains on them (train_ties), the held-out
+    accuracy is over decisive pairs only, and a TRL fine-tune drops them."""
+    import datasets
+
+    export = marker_export(store, tmp_path)
+    ds = datasets.load_from_disk(str(export))
+    n_train, n_test = len(ds["train"]), len(ds["test"])
+
+    def mark(split: str, every: int) -> datasets.Dataset:
+        return ds[split].map(lambda ex, i: {"is_tie": i % every == 0}, with_indices=True)
+
+    tied_export = tmp_path / "tied"
+    datasets.DatasetDict({"train": mark("train", 3), "test": mark("test", 4)}).save_to_disk(str(tied_export))
+    (tied_export / "manifest.json").write_text((export / "manifest.json").read_text())
+    ties_train, ties_test = len(range(0, n_train, 3)), len(range(0, n_test, 4))
+    s = read_json(train_reward(tied_export, RewardOptions(model=str(tiny_model_dir))) / "summary.json")
+    assert (s["train_pairs"], s["train_ties"]) == (n_train - ties_train, ties_train)
+    assert s["test_pairs"] == s["eval_accuracy_interval"]["n"] == n_test - ties_test
+    s = read_json(
+        train_reward(tied_export, RewardOptions(model=str(tiny_model_dir), freeze_backbone=False), max_steps=1)
+        / "summary.json"
+    )
+    assert s["train_pairs"] == n_train - ties_train and s["test_pairs"] == n_test - ties_test
