@@ -29,7 +29,7 @@ def test_rule_config_sets_rule_noise_model_then_overrides():
     assert data["generation"]["model"] == "/models/x" and data["generation"]["limit"] == 48
     assert data["reward"]["trl"]["learning_rate"] == 1e-4
     assert data["ppo"]["kl_target"] is None and data["new"]["key"] == [1, 2]
-    assert base["generation"]["limit"] == 96  # the base is not touched
+    assert base["generation"]["limit"] == 50  # the base is not touched
     with pytest.raises(SystemExit):
         alignment.apply_set({}, "no-equals-sign")
     with pytest.raises(SystemExit):
