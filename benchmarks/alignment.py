@@ -245,6 +245,7 @@ def rm_test_accuracy(round_dir: Path, config_path: Path) -> dict[str, Any]:
 
     from rlhf.annotators import get_rule, simulated_label
     from rlhf.pipeline import load_pipeline_config
+    from rlhf.ppo import prompt_text  # what the label stage gives the rule
     from rlhf.reward import encode_pair_side, load_reward_model, score_sequences
     from rlhf.stats import proportion
 
@@ -253,7 +254,7 @@ def rm_test_accuracy(round_dir: Path, config_path: Path) -> dict[str, Any]:
     rule, ann = get_rule(cfg.annotator.rule), cfg.annotator
     pairs = []  # (prompt index, a, b, truth "A"/"B", label "A"/"B")
     for i, (content, cands) in enumerate(zip(held, texts)):
-        prompt = content if isinstance(content, str) else content[-1]["content"]
+        prompt = prompt_text(content)
         for a, b in itertools.combinations(range(len(cands)), 2):
             if cands[a][0] == cands[b][0]:
                 continue
@@ -269,7 +270,7 @@ def rm_test_accuracy(round_dir: Path, config_path: Path) -> dict[str, Any]:
 
     def seq(content: Any, text: str) -> list[int]:
         if not chat:
-            return encode_pair_side(tok, content if isinstance(content, str) else content[-1]["content"], text)
+            return encode_pair_side(tok, prompt_text(content), text)
         msgs = [{"role": "user", "content": content}] if isinstance(content, str) else list(content)
         return encode_pair_side(tok, msgs, [{"role": "assistant", "content": text}])
 
